@@ -1,0 +1,35 @@
+"""ASGI entry point: HTTP goes to Django, WebSockets to the Channels consumers."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from web.consumers.routing import agent_urlpatterns, browser_urlpatterns  # noqa: E402
+
+
+def _websocket_router():
+    # Browser sockets carry the session cookie, so they are checked against the allowed
+    # origins (cross-site WebSocket hijacking). Agents send no Origin and authenticate
+    # with their node credential instead.
+    allowed = list(settings.ALLOWED_HOSTS) + [o.split("://", 1)[-1] for o in settings.CSRF_TRUSTED_ORIGINS]
+    browser = OriginValidator(AuthMiddlewareStack(URLRouter(browser_urlpatterns)), allowed)
+    agent = URLRouter(agent_urlpatterns)
+
+    async def route(scope, receive, send):
+        if scope["path"].startswith("/ws/agent/"):
+            return await agent(scope, receive, send)
+        return await browser(scope, receive, send)
+
+    return route
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": _websocket_router()})

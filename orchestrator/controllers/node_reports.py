@@ -1,0 +1,101 @@
+"""Applying what an agent reports about the containers it runs.
+
+Reads: the node's replicas. Writes: their observed fields (phase, container, exit code,
+restarts, times); deletes Terminating replicas whose container the agent no longer has;
+the node's observed generation. Safe to rerun: a report is a full snapshot, applying
+it twice leaves the same rows.
+"""
+
+import logging
+from datetime import datetime
+
+from django.db import transaction
+from django.utils.dateparse import parse_datetime
+
+from nodes.models import Node
+from orchestrator.broadcast import notify_deployments
+from orchestrator.models import Replica
+
+log = logging.getLogger(__name__)
+
+_OBSERVED = ("phase", "container_id", "exit_code", "message", "restart_count", "started_at", "finished_at")
+
+
+def _time(value) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        return None
+
+
+def _observed_fields(entry: dict) -> dict | None:
+    """The report entry as model fields, or None when it is malformed."""
+    phase = entry.get("phase")
+    if phase not in Replica.REPORTABLE:
+        return None
+    exit_code = entry.get("exit_code")
+    restarts = entry.get("restart_count") or 0
+    return {
+        "phase": phase,
+        "container_id": str(entry.get("container_id") or "")[:80],
+        "exit_code": exit_code if isinstance(exit_code, int) else None,
+        "message": str(entry.get("message") or "")[:2000],
+        "restart_count": restarts if isinstance(restarts, int) and restarts >= 0 else 0,
+        "started_at": _time(entry.get("started_at")),
+        "finished_at": _time(entry.get("finished_at")),
+    }
+
+
+def apply_node_report(node_id: int, report: dict) -> None:
+    entries = report.get("replicas")
+    if not isinstance(entries, list):
+        log.warning("node %s sent a status without a replica list; ignored", node_id)
+        return
+    reported: dict[tuple[str, str], dict] = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            fields = _observed_fields(entry)
+            if fields is not None:
+                reported[(str(entry.get("namespace")), str(entry.get("name")))] = fields
+    affected: set[int] = set()
+    with transaction.atomic():
+        replicas = (
+            Replica.objects.select_for_update(of=("self",))
+            .filter(node_id=node_id)
+            .select_related("namespace")
+        )
+        gone = []
+        for replica in replicas:
+            observed = reported.get((replica.namespace.name, replica.name))
+            if replica.phase == Replica.Phase.TERMINATING:
+                if observed is None:
+                    gone.append(replica.pk)
+                    affected.add(replica.deployment_id)
+                continue
+            if observed is None:
+                continue  # not created yet: the agent has not applied the set that lists it
+            changed = [f for f in _OBSERVED if getattr(replica, f) != observed[f]]
+            if changed:
+                for field in changed:
+                    setattr(replica, field, observed[field])
+                replica.save(update_fields=[*changed, "updated_at"])
+                affected.add(replica.deployment_id)
+        if gone:
+            Replica.objects.filter(pk__in=gone).delete()
+        generation = report.get("generation")
+        if isinstance(generation, int):
+            Node.objects.filter(pk=node_id, observed_generation__lt=generation).update(
+                observed_generation=generation
+            )
+        if affected:
+            transaction.on_commit(lambda: _after_change(affected))
+
+
+def _after_change(deployment_ids: set[int]) -> None:
+    from orchestrator.tasks import reconcile_deployment
+
+    notify_deployments(deployment_ids)
+    for deployment_id in deployment_ids:
+        reconcile_deployment.delay(deployment_id)

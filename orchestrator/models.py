@@ -1,0 +1,217 @@
+"""Namespaces, deployments, replicas and events.
+
+Users write a deployment's *spec*; controllers and agents write *status*. A replica
+records the spec it runs (its template and revision), so later rollouts can compare.
+"""
+
+import hashlib
+import json
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from orchestrator.names import validate_dns_label
+
+
+class Namespace(models.Model):
+    DEFAULT = "default"
+
+    name = models.CharField(max_length=63, unique=True, validators=[validate_dns_label])
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LiveDeploymentManager(models.Manager):
+    """Deployments a user can see: those not being deleted."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
+class Deployment(models.Model):
+    class Condition(models.TextChoices):
+        AVAILABLE = "Available"
+        PROGRESSING = "Progressing"
+        REPLICA_FAILURE = "ReplicaFailure"
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    namespace = models.ForeignKey(Namespace, on_delete=models.PROTECT, related_name="deployments")
+    name = models.CharField(max_length=63, validators=[validate_dns_label])
+
+    # --- spec (written by users through services) ---
+    image = models.CharField(max_length=512)
+    command = models.JSONField(null=True, blank=True)  # list of strings, or None for the image's own
+    env = models.JSONField(default=dict, blank=True)
+    ports = models.JSONField(default=list, blank=True)  # [{"container", "host", "protocol"}]
+    cpu_request = models.PositiveIntegerField(null=True, blank=True)  # millicores
+    memory_request = models.PositiveBigIntegerField(null=True, blank=True)  # bytes
+    replicas = models.PositiveIntegerField(default=1)
+    generation = models.PositiveBigIntegerField(default=1)
+
+    # --- status (written by the deployment controller) ---
+    observed_generation = models.PositiveBigIntegerField(default=0)
+    status_replicas = models.PositiveIntegerField(default=0)
+    ready_replicas = models.PositiveIntegerField(default=0)
+    available_replicas = models.PositiveIntegerField(default=0)
+    conditions = models.JSONField(default=list, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)  # set: scaling to zero, then removed
+
+    objects = models.Manager()
+    live = LiveDeploymentManager()
+
+    class Meta:
+        ordering = ["namespace__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["namespace", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="deployment_name_unique_in_namespace",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace.name}/{self.name}"
+
+    TEMPLATE_FIELDS = ("image", "command", "env", "ports", "cpu_request", "memory_request")
+
+    def template(self) -> dict:
+        """What each replica runs: the part of the spec that a replica records."""
+        return {
+            "image": self.image,
+            "command": self.command,
+            "env": self.env,
+            "ports": self.ports,
+            "resources": {"cpu_millis": self.cpu_request, "memory_bytes": self.memory_request},
+        }
+
+    def revision(self) -> str:
+        """A stable hash of the template: replicas of the same revision run the same thing."""
+        encoded = json.dumps(self.template(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+    @property
+    def is_deleting(self) -> bool:
+        return self.deleted_at is not None
+
+    def set_condition(self, type_: str, status: bool, reason: str, message: str, now) -> None:
+        """Record a condition; its transition time moves only when its status changes."""
+        value = "True" if status else "False"
+        for condition in self.conditions:
+            if condition["type"] == type_:
+                if condition["status"] != value:
+                    condition["last_transition_time"] = now.isoformat()
+                condition.update(status=value, reason=reason, message=message)
+                return
+        self.conditions.append(
+            {
+                "type": type_,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "last_transition_time": now.isoformat(),
+            }
+        )
+
+
+class Replica(models.Model):
+    class Phase(models.TextChoices):
+        PENDING = "Pending"  # not on a node yet, or on one that has not started it yet
+        STARTING = "Starting"  # the agent is pulling, creating or starting it
+        RUNNING = "Running"
+        FAILED = "Failed"  # exited non-zero or could not start; the agent retries with back-off
+        SUCCEEDED = "Succeeded"  # exited 0
+        TERMINATING = "Terminating"  # leaving: its node will stop and remove it
+        UNKNOWN = "Unknown"  # its node stopped reporting
+
+    # Phases in which a replica counts towards the deployment's replicas.
+    ACTIVE = (Phase.PENDING, Phase.STARTING, Phase.RUNNING, Phase.FAILED, Phase.SUCCEEDED, Phase.UNKNOWN)
+    # Phases an agent may report.
+    REPORTABLE = (Phase.STARTING, Phase.RUNNING, Phase.FAILED, Phase.SUCCEEDED)
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    namespace = models.ForeignKey(Namespace, on_delete=models.PROTECT, related_name="replicas")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replica_set")
+    name = models.CharField(max_length=63)
+    node = models.ForeignKey(
+        "nodes.Node", null=True, blank=True, on_delete=models.SET_NULL, related_name="replicas"
+    )
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.PENDING)
+    message = models.TextField(blank=True, default="")
+    container_id = models.CharField(max_length=80, blank=True, default="")
+    exit_code = models.IntegerField(null=True, blank=True)
+    restart_count = models.PositiveIntegerField(default=0)
+
+    # The spec this replica runs, fixed at creation.
+    revision = models.CharField(max_length=32)
+    template = models.JSONField()
+
+    created_at = models.DateTimeField(default=timezone.now)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["namespace", "name"], name="replica_name_unique_in_namespace")
+        ]
+        indexes = [models.Index(fields=["node", "phase"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_active(self) -> bool:
+        return self.phase in self.ACTIVE
+
+    @property
+    def is_ready(self) -> bool:
+        return self.phase == self.Phase.RUNNING
+
+    def desired_entry(self) -> dict:
+        """This replica as its node's agent receives it (see docs/agent-protocol.md)."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace.name,
+            "deployment": self.deployment.name,
+            "revision": self.revision,
+            **self.template,
+        }
+
+
+class Event(models.Model):
+    """Something that happened to an object, for people (kubectl get events)."""
+
+    class Type(models.TextChoices):
+        NORMAL = "Normal"
+        WARNING = "Warning"
+
+    kind = models.CharField(max_length=32)  # Deployment, Replica, Node
+    namespace = models.ForeignKey(Namespace, null=True, blank=True, on_delete=models.CASCADE)
+    name = models.CharField(max_length=63)
+    object_uid = models.UUIDField(null=True, blank=True, db_index=True)
+    type = models.CharField(max_length=8, choices=Type.choices, default=Type.NORMAL)
+    reason = models.CharField(max_length=64)
+    message = models.TextField()
+    count = models.PositiveIntegerField(default=1)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-last_seen"]
+        indexes = [models.Index(fields=["kind", "object_uid", "reason"])]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.reason} {self.kind}/{self.name}: {self.message}"

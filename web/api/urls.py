@@ -1,0 +1,22 @@
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from web.api.deployments import DeploymentViewSet
+from web.api.events import EventViewSet
+from web.api.nodes import EnrollView, HealthView, JoinTokenViewSet, NamespaceViewSet, NodeViewSet
+
+router = SimpleRouter()
+router.register("nodes", NodeViewSet, basename="node")
+router.register("join-tokens", JoinTokenViewSet, basename="join-token")
+router.register("namespaces", NamespaceViewSet, basename="namespace")
+router.register("events", EventViewSet, basename="event")
+
+namespaced = SimpleRouter()
+namespaced.register("deployments", DeploymentViewSet, basename="deployment")
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("agents/enroll", EnrollView.as_view(), name="agent-enroll"),
+    path("namespaces/<str:namespace>/", include(namespaced.urls)),
+    path("", include(router.urls)),
+]

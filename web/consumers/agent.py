@@ -1,0 +1,91 @@
+"""The agents' WebSocket: one connection per node, authenticated by its credential.
+
+It forwards the node's desired sets (published by workers to the node's group) and
+hands what the agent reports to the controllers. See docs/agent-protocol.md.
+"""
+
+import logging
+import time
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from nodes import heartbeats
+from nodes.services import authenticate_node
+from nodes.sessions import session_closed, session_hello
+from orchestrator.controllers.node_reports import apply_node_report
+from orchestrator.dispatch import desired_set
+
+log = logging.getLogger(__name__)
+
+
+def _bearer(scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+class AgentConsumer(AsyncJsonWebsocketConsumer):
+    node_id: int | None = None
+
+    async def connect(self):
+        node = await database_sync_to_async(authenticate_node)(_bearer(self.scope))
+        if node is None:
+            log.warning("refused an agent connection from %s: bad credential", self.scope.get("client"))
+            await self.close()  # before accept: the handshake is answered 403
+            return
+        self.node_id, self.node_name = node.pk, node.name
+        self.session = uuid.uuid4()
+        self.sent_generation = 0
+        self.greeted = False
+        await self.channel_layer.group_add(node.channel_group, self.channel_name)
+        await self.accept()
+        log.info("agent of node %s connected", self.node_name)
+
+    async def disconnect(self, code):
+        if self.node_id is None:
+            return
+        await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
+        if self.greeted:
+            await database_sync_to_async(session_closed)(self.node_id, self.session)
+        log.info("agent of node %s disconnected (%s)", self.node_name, code)
+
+    async def receive_json(self, content, **kwargs):
+        kind = content.get("type") if isinstance(content, dict) else None
+        if kind == "heartbeat":
+            await heartbeats.record(self.node_id, time.time())
+        elif kind == "status":
+            await database_sync_to_async(apply_node_report)(self.node_id, content)
+        elif kind == "hello":
+            await self._hello(content)
+        else:
+            log.warning("node %s sent an unknown frame type %r; ignored", self.node_name, kind)
+
+    async def _hello(self, hello: dict):
+        from django.conf import settings
+
+        client = self.scope.get("client") or ("", 0)
+        await heartbeats.record(self.node_id, time.time())
+        await database_sync_to_async(session_hello)(self.node_id, self.session, hello, client[0] or "")
+        self.greeted = True
+        await self.send_json(
+            {"type": "welcome", "node": self.node_name, "heartbeat_interval": settings.AGENT_HEARTBEAT_SECONDS}
+        )
+        # The full set on every connect: a lost message is never a lost replica.
+        frame = await database_sync_to_async(desired_set)(self.node_id)
+        if frame is not None:
+            await self._send_desired(frame)
+
+    async def desired_push(self, event):
+        if self.greeted:
+            await self._send_desired(event["frame"])
+
+    async def _send_desired(self, frame: dict):
+        if frame["generation"] <= self.sent_generation:
+            return  # an older set overtaken by a newer one
+        self.sent_generation = frame["generation"]
+        await self.send_json(frame)

@@ -1,0 +1,129 @@
+"""Browsers' WebSockets: one per page, pushing fresh state whenever it changes.
+
+Controllers publish pokes ("state.changed") to groups; each consumer re-reads what its
+user may see and sends a snapshot. Pokes that arrive while a snapshot is being built
+fold into one more snapshot, so a burst of changes never queues up work per viewer.
+"""
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from nodes.models import Node
+from orchestrator.broadcast import CLUSTER_GROUP, deployment_group
+from orchestrator.models import Deployment
+from web.api.deployments import DeploymentSerializer, ReplicaSerializer
+from web.api.events import EventSerializer
+from web.api.nodes import NodeSerializer
+from web.permissions import can_view_cluster, can_view_namespace
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotConsumer(AsyncJsonWebsocketConsumer):
+    """Subclasses say which group to join (`authorise`) and what to send (`snapshot`)."""
+
+    group: str | None = None
+
+    async def connect(self):
+        self._task: asyncio.Task | None = None
+        self._dirty = False
+        user = self.scope.get("user")
+        if not (user and user.is_authenticated):
+            await self.close()  # before accept: the handshake is refused (403)
+            return
+        self.group = await database_sync_to_async(self.authorise)(user)
+        if self.group is None:
+            await self.close()
+            return
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send_json(await database_sync_to_async(self.snapshot)())
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self._task:
+            self._task.cancel()
+
+    async def receive_json(self, content, **kwargs):
+        pass  # nothing to ask for yet: the server pushes
+
+    async def state_changed(self, event):
+        if self._task and not self._task.done():
+            self._dirty = True
+            return
+        self._task = asyncio.create_task(self._refresh())
+
+    async def _refresh(self):
+        try:
+            while True:
+                self._dirty = False
+                await self.send_json(await database_sync_to_async(self.snapshot)())
+                if not self._dirty:
+                    return
+        except Exception:
+            log.exception("could not send a snapshot to a browser")
+
+    def authorise(self, user) -> str | None:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict:
+        raise NotImplementedError
+
+
+class DeploymentConsumer(SnapshotConsumer):
+    """/ws/namespaces/{ns}/deployments/{name}/: the deployment, its replicas, its events."""
+
+    def authorise(self, user):
+        kwargs = self.scope["url_route"]["kwargs"]
+        deployment = (
+            Deployment.live.select_related("namespace")
+            .filter(namespace__name=kwargs["namespace"], name=kwargs["name"])
+            .first()
+        )
+        if deployment is None or not can_view_namespace(user, deployment.namespace):
+            return None
+        self.deployment_id = deployment.pk
+        return deployment_group(deployment.pk)
+
+    def snapshot(self):
+        deployment = Deployment.live.select_related("namespace").filter(pk=self.deployment_id).first()
+        if deployment is None:
+            return {"type": "deleted"}
+        replicas = deployment.replica_set.select_related("node", "deployment").order_by("created_at", "name")
+        events = deployment.namespace.event_set.filter(
+            object_uid__in=[deployment.uid, *[r.uid for r in replicas]]
+        )[:20]
+        return {
+            "type": "deployment",
+            "deployment": DeploymentSerializer(deployment).data,
+            "replicas": ReplicaSerializer(replicas, many=True).data,
+            "events": EventSerializer(events, many=True).data,
+        }
+
+
+class ClusterConsumer(SnapshotConsumer):
+    """/ws/cluster/: nodes and deployments, for the overview and list pages."""
+
+    def authorise(self, user):
+        return CLUSTER_GROUP if can_view_cluster(user) else None
+
+    def snapshot(self):
+        deployments = Deployment.live.select_related("namespace")
+        return {
+            "type": "cluster",
+            "nodes": NodeSerializer(Node.objects.all(), many=True).data,
+            "deployments": [
+                {
+                    "namespace": d.namespace.name,
+                    "name": d.name,
+                    "image": d.image,
+                    "replicas": d.replicas,
+                    "ready_replicas": d.ready_replicas,
+                }
+                for d in deployments
+            ],
+        }

@@ -1,0 +1,72 @@
+"""The dashboard's deployment form: it turns what a person types into the API's shape,
+so the API serializer validates both the same way."""
+
+import shlex
+
+
+class FormInputError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def parse_command(text: str) -> list[str] | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise FormInputError("command", f"cannot split the command into words: {exc}") from None
+
+
+def parse_env(text: str) -> dict[str, str]:
+    env = {}
+    for number, line in enumerate(_lines(text), start=1):
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise FormInputError("env", f"line {number} ({line!r}) is not NAME=value")
+        env[name.strip()] = value
+    return env
+
+
+def parse_ports(text: str) -> list[dict]:
+    """Lines like '8080:80', '80', '5353:53/udp' (host:container/protocol, as docker -p)."""
+    ports = []
+    for number, line in enumerate(_lines(text), start=1):
+        spec, _, protocol = line.partition("/")
+        host, _, container = spec.rpartition(":")
+        try:
+            entry = {"container": int(container), "protocol": (protocol or "tcp").lower()}
+            if host:
+                entry["host"] = int(host)
+        except ValueError:
+            raise FormInputError(
+                "ports", f"line {number} ({line!r}) is not HOST:CONTAINER[/tcp|udp], e.g. 8080:80"
+            ) from None
+        ports.append(entry)
+    return ports
+
+
+def deployment_payload(form: dict) -> dict:
+    """The API body for what the form holds; raises FormInputError naming the field."""
+    try:
+        replicas = int(form.get("replicas") or 0)
+    except ValueError:
+        raise FormInputError("replicas", "must be a whole number") from None
+    payload = {
+        "name": (form.get("name") or "").strip(),
+        "image": (form.get("image") or "").strip(),
+        "replicas": replicas,
+        "command": parse_command(form.get("command", "")),
+        "env": parse_env(form.get("env", "")),
+        "ports": parse_ports(form.get("ports", "")),
+    }
+    resources = {k: form[k].strip() for k in ("cpu", "memory") if (form.get(k) or "").strip()}
+    if resources:
+        payload["resources"] = resources
+    return payload

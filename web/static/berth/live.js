@@ -1,0 +1,91 @@
+// Keeps a dashboard page live: one WebSocket per page (body[data-ws]); the server pushes
+// snapshots and this script redraws the tables. Text is set with textContent only.
+(function () {
+  "use strict";
+  const body = document.body;
+  const path = body.dataset.ws;
+  if (!path) return;
+  const dot = document.getElementById("live");
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.className = v;
+      else node.setAttribute(k, v);
+    }
+    for (const child of children || []) node.appendChild(child);
+    return node;
+  }
+  const td = (text, attrs) => el("td", Object.assign({ text: text == null ? "" : String(text) }, attrs || {}));
+  const badge = (text) => el("td", {}, [el("span", { class: "badge " + text, text: text, "data-phase": "" })]);
+  function fillTable(id, rows, emptyText, columns) {
+    const tbody = document.querySelector("#" + id + " tbody");
+    if (!tbody) return;
+    tbody.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, [td(emptyText, { colspan: String(columns) })])]));
+  }
+  function setText(selector, value) {
+    document.querySelectorAll(selector).forEach((n) => { n.textContent = String(value); });
+  }
+  function formatBytes(n) {
+    const units = ["B", "KB", "MB", "GB", "TB"]; let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return n.toFixed(i ? 1 : 0) + " " + units[i];
+  }
+
+  function renderCluster(msg) {
+    fillTable("nodes-table", msg.nodes.map((n) => el("tr", { "data-node": n.name }, [
+      td(n.name), el("td", {}, [el("span", { class: "badge " + n.status, text: n.status, title: n.status_message })]),
+      td(n.capacity.cpu + "m"), td(formatBytes(n.capacity.memory)), td(n.engine_version),
+      td(Object.entries(n.labels).map(([k, v]) => k + "=" + v).join(" ")),
+    ])), "No nodes yet.", 6);
+    fillTable("deployments-table", msg.deployments.map((d) => el("tr", { "data-deployment": d.namespace + "/" + d.name }, [
+      td(d.namespace),
+      el("td", {}, [el("a", { href: "/namespaces/" + encodeURIComponent(d.namespace) + "/deployments/" + encodeURIComponent(d.name) + "/", text: d.name })]),
+      el("td", {}, [el("code", { text: d.image })]), td(d.ready_replicas + "/" + d.replicas),
+    ])), "No deployments yet.", 4);
+    setText("[data-count=nodes]", msg.nodes.length);
+    setText("[data-count=nodes-ready]", msg.nodes.filter((n) => n.status === "Ready").length);
+    setText("[data-count=deployments]", msg.deployments.length);
+    setText("[data-count=replicas-ready]", msg.deployments.reduce((a, d) => a + d.ready_replicas, 0));
+  }
+
+  function renderDeployment(msg) {
+    const d = msg.deployment;
+    setText("#ready-count", d.status.ready_replicas);
+    setText("#desired-count", d.replicas);
+    const conditions = document.getElementById("conditions");
+    if (conditions) conditions.replaceChildren(...d.status.conditions.map((c) => el("li", {}, [
+      el("b", { text: c.type }), document.createTextNode(" " + c.status + " "),
+      el("span", { class: "muted", text: c.reason + ": " + c.message }),
+    ])));
+    fillTable("replicas-table", msg.replicas.map((r) => el("tr", { "data-replica": r.name }, [
+      td(r.name), td(r.node || "—"), badge(r.phase), td(r.restart_count),
+      el("td", {}, [el("code", { text: (r.container_id || "").slice(0, 12) })]), td(r.message, { class: "muted" }),
+    ])), "No replicas.", 6);
+    const events = document.getElementById("events");
+    if (events) events.replaceChildren(...msg.events.map((e) => el("li", { class: e.type }, [
+      el("time", { text: new Date(e.last_seen).toLocaleTimeString() }), document.createTextNode(" "),
+      el("b", { text: e.reason }), document.createTextNode(" " + e.kind + "/" + e.name + ": " + e.message + (e.count > 1 ? " (×" + e.count + ")" : "")),
+    ])));
+  }
+
+  let delay = 500;
+  function connect() {
+    const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + path);
+    socket.onopen = () => { delay = 500; if (dot) dot.classList.add("on"); body.dataset.liveState = "open"; };
+    socket.onmessage = (event) => {
+      const msg = JSON.parse(event.data);
+      if (msg.type === "cluster") renderCluster(msg);
+      else if (msg.type === "deployment") renderDeployment(msg);
+      else if (msg.type === "deleted") { location.href = "/deployments/"; }
+    };
+    socket.onclose = () => {
+      if (dot) dot.classList.remove("on");
+      body.dataset.liveState = "closed";
+      setTimeout(connect, delay + Math.random() * delay);  // back off, with jitter
+      delay = Math.min(delay * 2, 15000);
+    };
+  }
+  connect();
+})();

@@ -1,0 +1,18 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from web import views
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("login/", auth_views.LoginView.as_view(template_name="login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("nodes/", views.node_list, name="node-list"),
+    path("deployments/", views.deployment_list, name="deployment-list"),
+    path("deployments/new/", views.deployment_create, name="deployment-create"),
+    path("namespaces/<str:namespace>/deployments/<str:name>/", views.deployment_detail, name="deployment-detail"),
+    path("namespaces/<str:namespace>/deployments/<str:name>/scale/", views.deployment_scale,
+         name="deployment-scale"),
+    path("namespaces/<str:namespace>/deployments/<str:name>/delete/", views.deployment_delete,
+         name="deployment-delete"),
+]
