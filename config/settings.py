@@ -206,7 +206,9 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+if not DEBUG:
+    # collectstatic's target in production images; in development files come from the finders.
+    STATIC_ROOT = Path(os.environ.get("BERTH_STATIC_ROOT", BASE_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "web" / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

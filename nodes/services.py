@@ -15,7 +15,9 @@ class EnrollmentRefused(Exception):
     """The join token is unknown, expired or revoked."""
 
 
-def do_create_join_token(actor, ttl_seconds: float | None = None, description: str = "") -> tuple[JoinToken, str]:
+def do_create_join_token(
+    actor, ttl_seconds: float | None = None, description: str = ""
+) -> tuple[JoinToken, str]:
     """A new join token; the clear token is returned once and never stored."""
     ttl = ttl_seconds if ttl_seconds is not None else settings.JOIN_TOKEN_TTL_SECONDS
     clear, digest = new_token(JOIN_PREFIX)
@@ -53,8 +55,12 @@ def do_enroll_node(join_token: str, name: str, labels: dict) -> tuple[Node, str]
         node.agent_labels = labels
         node.session = None
         node.save()
-        record_event(node, "Enrolled" if created else "Reenrolled",
-                     f"enrolled with join token {token.prefix}…", now=now)
+        record_event(
+            node,
+            "Enrolled" if created else "Reenrolled",
+            f"enrolled with join token {token.prefix}…",
+            now=now,
+        )
     return node, clear
 
 

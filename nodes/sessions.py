@@ -72,7 +72,9 @@ def mark_node_lost(node: Node, now, reason: str, message: str) -> bool:
         return False
     node.save(update_fields=["status", "status_reason", "status_message", "status_changed_at"])
     affected = list(
-        Replica.objects.filter(node=node, phase__in=Replica.REPORTABLE).values_list("deployment_id", flat=True)
+        Replica.objects.filter(node=node, phase__in=Replica.REPORTABLE).values_list(
+            "deployment_id", flat=True
+        )
     )
     Replica.objects.filter(node=node, phase__in=Replica.REPORTABLE).update(
         phase=Replica.Phase.UNKNOWN, message=f"node {node.name} is not ready: {message}", updated_at=now

@@ -47,5 +47,9 @@ def dispatch_nodes(node_ids) -> None:
         if frame is None:
             continue
         async_to_sync(layer.group_send)(f"node.{node_id}", {"type": "desired.push", "frame": frame})
-        log.info("dispatched generation %s (%s replicas) to node %s", frame["generation"],
-                 len(frame["replicas"]), node_id)
+        log.info(
+            "dispatched generation %s (%s replicas) to node %s",
+            frame["generation"],
+            len(frame["replicas"]),
+            node_id,
+        )

@@ -11,7 +11,11 @@ class FormInputError(ValueError):
 
 
 def _lines(text: str) -> list[str]:
-    return [line.strip() for line in (text or "").splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in (text or "").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def parse_command(text: str) -> list[str] | None:

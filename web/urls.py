@@ -10,9 +10,19 @@ urlpatterns = [
     path("nodes/", views.node_list, name="node-list"),
     path("deployments/", views.deployment_list, name="deployment-list"),
     path("deployments/new/", views.deployment_create, name="deployment-create"),
-    path("namespaces/<str:namespace>/deployments/<str:name>/", views.deployment_detail, name="deployment-detail"),
-    path("namespaces/<str:namespace>/deployments/<str:name>/scale/", views.deployment_scale,
-         name="deployment-scale"),
-    path("namespaces/<str:namespace>/deployments/<str:name>/delete/", views.deployment_delete,
-         name="deployment-delete"),
+    path(
+        "namespaces/<str:namespace>/deployments/<str:name>/",
+        views.deployment_detail,
+        name="deployment-detail",
+    ),
+    path(
+        "namespaces/<str:namespace>/deployments/<str:name>/scale/",
+        views.deployment_scale,
+        name="deployment-scale",
+    ),
+    path(
+        "namespaces/<str:namespace>/deployments/<str:name>/delete/",
+        views.deployment_delete,
+        name="deployment-delete",
+    ),
 ]

@@ -17,12 +17,16 @@ from web.forms import FormInputError, deployment_payload
 def overview(request):
     nodes = list(Node.objects.all())
     deployments = list(Deployment.live.select_related("namespace"))
-    return render(request, "overview.html", {
-        "nodes": nodes,
-        "deployments": deployments,
-        "ready_nodes": sum(1 for n in nodes if n.is_ready),
-        "running_replicas": Replica.objects.filter(phase=Replica.Phase.RUNNING).count(),
-    })
+    return render(
+        request,
+        "overview.html",
+        {
+            "nodes": nodes,
+            "deployments": deployments,
+            "ready_nodes": sum(1 for n in nodes if n.is_ready),
+            "running_replicas": Replica.objects.filter(phase=Replica.Phase.RUNNING).count(),
+        },
+    )
 
 
 @login_required
@@ -32,7 +36,9 @@ def node_list(request):
 
 @login_required
 def deployment_list(request):
-    return render(request, "deployments/list.html", {"deployments": Deployment.live.select_related("namespace")})
+    return render(
+        request, "deployments/list.html", {"deployments": Deployment.live.select_related("namespace")}
+    )
 
 
 @login_required
@@ -51,16 +57,24 @@ def deployment_create(request):
             payload = None
         if payload is not None and namespace is not None:
             if Deployment.live.filter(namespace=namespace, name=payload["name"]).exists():
-                errors["name"] = [f"a deployment named {payload['name']!r} already exists in {namespace.name}"]
+                errors["name"] = [
+                    f"a deployment named {payload['name']!r} already exists in {namespace.name}"
+                ]
             else:
-                serializer = DeploymentSerializer(data=payload, context={"namespace": namespace, "request": request})
+                serializer = DeploymentSerializer(
+                    data=payload, context={"namespace": namespace, "request": request}
+                )
                 if serializer.is_valid():
                     deployment = serializer.save()
                     messages.success(request, f"Deployment {deployment.name} created.")
                     return redirect("deployment-detail", namespace=namespace.name, name=deployment.name)
                 errors.update(_flatten(serializer.errors))
-    return render(request, "deployments/create.html", {"namespaces": namespaces, "form": form, "errors": errors},
-                  status=400 if errors else 200)
+    return render(
+        request,
+        "deployments/create.html",
+        {"namespaces": namespaces, "form": form, "errors": errors},
+        status=400 if errors else 200,
+    )
 
 
 def _flatten(errors) -> dict[str, list[str]]:
@@ -87,20 +101,29 @@ def _flatten(errors) -> dict[str, list[str]]:
 def deployment_detail(request, namespace, name):
     deployment = get_deployment_or_404(namespace, name)
     replicas = deployment.replica_set.select_related("node").order_by("created_at", "name")
-    return render(request, "deployments/detail.html", {"deployment": deployment, "replicas": replicas,
-                                                       "max_replicas": MAX_REPLICAS})
+    return render(
+        request,
+        "deployments/detail.html",
+        {"deployment": deployment, "replicas": replicas, "max_replicas": MAX_REPLICAS},
+    )
 
 
 @login_required
 @require_POST
 def deployment_scale(request, namespace, name):
     deployment = get_deployment_or_404(namespace, name)
-    serializer = DeploymentSerializer(deployment, data={"replicas": request.POST.get("replicas")}, partial=True,
-                                      context={"request": request})
+    serializer = DeploymentSerializer(
+        deployment,
+        data={"replicas": request.POST.get("replicas")},
+        partial=True,
+        context={"request": request},
+    )
     try:
         serializer.is_valid(raise_exception=True)
     except ValidationError:
-        messages.error(request, "Replicas: " + "; ".join(str(e) for e in serializer.errors.get("replicas", [])))
+        messages.error(
+            request, "Replicas: " + "; ".join(str(e) for e in serializer.errors.get("replicas", []))
+        )
         return redirect("deployment-detail", namespace=namespace, name=name)
     serializer.save()
     messages.success(request, f"Scaled {name} to {serializer.validated_data['replicas']} replica(s).")

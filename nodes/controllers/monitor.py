@@ -30,7 +30,9 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
         if not try_transaction_lock("berth.node-monitor"):
             return lost
         for node in Node.objects.select_for_update(skip_locked=True).filter(status=Node.Status.READY):
-            last = max(filter(None, [beats.get(node.pk), node.last_heartbeat]), default=node.status_changed_at)
+            last = max(
+                filter(None, [beats.get(node.pk), node.last_heartbeat]), default=node.status_changed_at
+            )
             silent = now - last
             if silent > grace:
                 message = (

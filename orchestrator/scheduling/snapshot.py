@@ -20,9 +20,8 @@ def take_snapshot() -> list[NodeCandidate]:
         for node in Node.objects.only("id", "name", "status", "unschedulable")
     }
     occupied = defaultdict(list)
-    rows = (
-        Replica.objects.filter(node__isnull=False, phase__in=Replica.ACTIVE)
-        .values_list("node_id", "deployment_id", "template")
+    rows = Replica.objects.filter(node__isnull=False, phase__in=Replica.ACTIVE).values_list(
+        "node_id", "deployment_id", "template"
     )
     for node_id, deployment_id, template in rows:
         occupied[node_id].append((deployment_id, template))

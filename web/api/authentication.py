@@ -28,7 +28,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         api_token = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
         if api_token is None or not api_token.is_usable(now) or not api_token.user.is_active:
             raise exceptions.AuthenticationFailed("invalid, expired or revoked API token")
-        if api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > _TOUCH_EVERY_SECONDS:
+        if (
+            api_token.last_used_at is None
+            or (now - api_token.last_used_at).total_seconds() > _TOUCH_EVERY_SECONDS
+        ):
             ApiToken.objects.filter(pk=api_token.pk).update(last_used_at=now)
         return api_token.user, api_token
 

@@ -72,7 +72,9 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         max_length=256,
         help_text="Replaces the image's command; null or absent keeps the image's own.",
     )
-    env = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False
+    )
     ports = PortSerializer(many=True, required=False)
     resources = ResourcesSerializer(required=False, help_text="Requests (and limits): cpu, memory.")
     replicas = serializers.IntegerField(min_value=0, max_value=MAX_REPLICAS, default=1)
@@ -107,7 +109,8 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     def validate_image(self, value):
         if not _IMAGE.match(value):
             raise serializers.ValidationError(
-                f"{value!r} is not an image reference such as 'nginx:1.27' or 'registry.example.com/team/app:2'"
+                f"{value!r} is not an image reference such as 'nginx:1.27' "
+                "or 'registry.example.com/team/app:2'"
             )
         return value
 
@@ -115,7 +118,8 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         bad = [name for name in value if not _ENV_NAME.match(name)]
         if bad:
             raise serializers.ValidationError(
-                f"{bad[0]!r} is not a valid variable name (letters, digits, '_', '-', '.'; not starting with a digit)"
+                f"{bad[0]!r} is not a valid variable name "
+                "(letters, digits, '_', '-', '.'; not starting with a digit)"
             )
         return value
 
@@ -129,9 +133,13 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             if port.get("host"):
                 host_key = (port["host"], port["protocol"])
                 if host_key in seen_host:
-                    raise serializers.ValidationError(f"host port {host_key[0]}/{host_key[1]} is listed twice")
+                    raise serializers.ValidationError(
+                        f"host port {host_key[0]}/{host_key[1]} is listed twice"
+                    )
                 seen_host.add(host_key)
-        return [{"container": p["container"], "host": p.get("host"), "protocol": p["protocol"]} for p in value]
+        return [
+            {"container": p["container"], "host": p.get("host"), "protocol": p["protocol"]} for p in value
+        ]
 
     def validate(self, attrs):
         if self.instance is None and not attrs.get("image"):
@@ -148,11 +156,16 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        data["resources"] = {"cpu": format_cpu(instance.cpu_request), "memory": format_memory(instance.memory_request)}
+        data["resources"] = {
+            "cpu": format_cpu(instance.cpu_request),
+            "memory": format_memory(instance.memory_request),
+        }
         return data
 
     def create(self, validated_data):
-        return services.do_create_deployment(self.context["namespace"], validated_data, self.context["request"].user)
+        return services.do_create_deployment(
+            self.context["namespace"], validated_data, self.context["request"].user
+        )
 
     def update(self, instance, validated_data):
         validated_data.pop("name", None)
@@ -231,7 +244,9 @@ class DeploymentViewSet(
         self.get_namespace()
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if Deployment.live.filter(namespace=self.get_namespace(), name=serializer.validated_data["name"]).exists():
+        if Deployment.live.filter(
+            namespace=self.get_namespace(), name=serializer.validated_data["name"]
+        ).exists():
             return Response(
                 {"name": [f"a deployment named {serializer.validated_data['name']!r} already exists here"]},
                 status=status.HTTP_409_CONFLICT,
@@ -250,4 +265,6 @@ class DeploymentViewSet(
 
 
 def get_deployment_or_404(namespace: str, name: str) -> Deployment:
-    return get_object_or_404(Deployment.live.select_related("namespace"), namespace__name=namespace, name=name)
+    return get_object_or_404(
+        Deployment.live.select_related("namespace"), namespace__name=namespace, name=name
+    )

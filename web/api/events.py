@@ -10,8 +10,18 @@ class EventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Event
-        fields = ["kind", "namespace", "name", "type", "reason", "message", "count", "first_seen", "last_seen",
-                  "actor"]
+        fields = [
+            "kind",
+            "namespace",
+            "name",
+            "type",
+            "reason",
+            "message",
+            "count",
+            "first_seen",
+            "last_seen",
+            "actor",
+        ]
         read_only_fields = fields
 
 

@@ -65,13 +65,33 @@ class JoinTokenSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = JoinToken
-        fields = ["id", "prefix", "description", "created_at", "expires_at", "revoked_at", "last_used_at",
-                  "use_count", "ttl_seconds"]
-        read_only_fields = ["id", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at", "use_count"]
+        fields = [
+            "id",
+            "prefix",
+            "description",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "use_count",
+            "ttl_seconds",
+        ]
+        read_only_fields = [
+            "id",
+            "prefix",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+            "use_count",
+        ]
 
 
 class JoinTokenViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
     """Join tokens let agents enroll servers. The token itself is shown only in the
@@ -80,14 +100,25 @@ class JoinTokenViewSet(
     queryset = JoinToken.objects.all()
     serializer_class = JoinTokenSerializer
 
-    @extend_schema(responses={201: inline_serializer("CreatedJoinToken", {
-        "token": serializers.CharField(), "prefix": serializers.CharField(),
-        "expires_at": serializers.DateTimeField()})})
+    @extend_schema(
+        responses={
+            201: inline_serializer(
+                "CreatedJoinToken",
+                {
+                    "token": serializers.CharField(),
+                    "prefix": serializers.CharField(),
+                    "expires_at": serializers.DateTimeField(),
+                },
+            )
+        }
+    )
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token, clear = do_create_join_token(
-            request.user, serializer.validated_data.get("ttl_seconds"), serializer.validated_data.get("description", "")
+            request.user,
+            serializer.validated_data.get("ttl_seconds"),
+            serializer.validated_data.get("description", ""),
         )
         data = JoinTokenSerializer(token).data
         data["token"] = clear
@@ -100,7 +131,9 @@ class JoinTokenViewSet(
 class EnrollSerializer(StrictSerializer):
     join_token = serializers.CharField(trim_whitespace=True)
     name = serializers.CharField(max_length=63)
-    labels = serializers.DictField(child=serializers.CharField(max_length=63, allow_blank=True), required=False)
+    labels = serializers.DictField(
+        child=serializers.CharField(max_length=63, allow_blank=True), required=False
+    )
 
     def validate_name(self, value):
         reason = dns_label_error(value)
@@ -115,8 +148,14 @@ class EnrollView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(request=EnrollSerializer, responses={201: inline_serializer("Enrolled", {
-        "node": serializers.CharField(), "credential": serializers.CharField()})})
+    @extend_schema(
+        request=EnrollSerializer,
+        responses={
+            201: inline_serializer(
+                "Enrolled", {"node": serializers.CharField(), "credential": serializers.CharField()}
+            )
+        },
+    )
     def post(self, request):
         serializer = EnrollSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -141,8 +180,9 @@ class NamespaceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         return value
 
 
-class NamespaceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                       viewsets.GenericViewSet):
+class NamespaceViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
     queryset = Namespace.objects.all()
     serializer_class = NamespaceSerializer
     lookup_field = "name"
@@ -154,14 +194,19 @@ class HealthView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(responses=inline_serializer("Health", {"status": serializers.CharField(),
-                                                          "database": serializers.CharField()}))
+    @extend_schema(
+        responses=inline_serializer(
+            "Health", {"status": serializers.CharField(), "database": serializers.CharField()}
+        )
+    )
     def get(self, request):
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
             database = "ok"
         except Exception as exc:  # any failure means "not ready"; say which
-            return Response({"status": "unavailable", "database": f"error: {type(exc).__name__}"},
-                            status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return Response(
+                {"status": "unavailable", "database": f"error: {type(exc).__name__}"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
         return Response({"status": "ok", "database": database, "version": "0.1.0"})

@@ -73,7 +73,11 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(session_hello)(self.node_id, self.session, hello, client[0] or "")
         self.greeted = True
         await self.send_json(
-            {"type": "welcome", "node": self.node_name, "heartbeat_interval": settings.AGENT_HEARTBEAT_SECONDS}
+            {
+                "type": "welcome",
+                "node": self.node_name,
+                "heartbeat_interval": settings.AGENT_HEARTBEAT_SECONDS,
+            }
         )
         # The full set on every connect: a lost message is never a lost replica.
         frame = await database_sync_to_async(desired_set)(self.node_id)

@@ -16,5 +16,7 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"no user named {username!r}; create one with 'manage.py createsuperuser'")
         _, clear = do_create_api_token(user, name)
-        self.stderr.write(f"API token for {username} (shown once; send it as 'Authorization: Bearer <token>'):")
+        self.stderr.write(
+            f"API token for {username} (shown once; send it as 'Authorization: Bearer <token>'):"
+        )
         self.stdout.write(clear)

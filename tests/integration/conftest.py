@@ -1,0 +1,42 @@
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from nodes.models import Node
+from web.services import do_create_api_token
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user("alice", password="a-long-password-1")
+
+
+@pytest.fixture
+def token(user):
+    return do_create_api_token(user, "tests")[1]
+
+
+@pytest.fixture
+def api(token):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture
+def ready_nodes(db):
+    def make(*names):
+        return [
+            Node.objects.create(name=name, status=Node.Status.READY, capacity_cpu=2000, capacity_memory=2**31)
+            for name in names
+        ]
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def default_namespace(db):
+    """The `default` namespace comes from a data migration; transactional tests flush it."""
+    from orchestrator.models import Namespace
+
+    return Namespace.objects.get_or_create(name=Namespace.DEFAULT)[0]

@@ -1,0 +1,175 @@
+"""The agents' WebSocket, through the real ASGI application and the Redis channel layer."""
+
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.testing import WebsocketCommunicator
+
+from config.asgi import application
+from nodes.models import Node
+from nodes.services import do_create_join_token, do_enroll_node
+from orchestrator import services
+from orchestrator.controllers.deployment import reconcile_deployment
+from orchestrator.models import Deployment, Namespace, Replica
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HELLO = {
+    "type": "hello",
+    "agent_version": "test",
+    "engine_version": "20.10",
+    "capacity": {"cpu": 2000, "memory": 2**31},
+    "labels": {"zone": "a"},
+}
+
+
+def enroll(name="h1"):
+    _, join = do_create_join_token(None)
+    return do_enroll_node(join, name, {})
+
+
+def run(coroutine_fn):
+    return async_to_sync(coroutine_fn)()
+
+
+def communicator(credential):
+    headers = [(b"authorization", f"Bearer {credential}".encode())] if credential else []
+    return WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+
+
+@pytest.mark.parametrize("credential", [None, "berth_node_wrong", "not-even-a-token"])
+def test_an_agent_with_a_bad_credential_is_refused(credential):
+    enroll()
+
+    async def scenario():
+        ws = communicator(credential)
+        connected, _ = await ws.connect()
+        await ws.disconnect()
+        return connected
+
+    assert run(scenario) is False
+    assert Node.objects.get().status == Node.Status.NOT_READY
+
+
+def test_a_rotated_credential_stops_working():
+    _, old = enroll()
+    enroll()  # the same name again: a new credential
+
+    async def scenario():
+        ws = communicator(old)
+        connected, _ = await ws.connect()
+        await ws.disconnect()
+        return connected
+
+    assert run(scenario) is False
+
+
+def test_hello_makes_the_node_ready_and_it_receives_its_desired_set():
+    node, credential = enroll()
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
+    )
+    node.status = Node.Status.READY
+    node.save()
+    reconcile_deployment(deployment.pk)
+    names = set(Replica.objects.values_list("name", flat=True))
+
+    async def scenario():
+        ws = communicator(credential)
+        connected, _ = await ws.connect()
+        assert connected
+        await ws.send_json_to(HELLO)
+        welcome = await ws.receive_json_from(timeout=5)
+        desired = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return welcome, desired
+
+    welcome, desired = run(scenario)
+    assert welcome["type"] == "welcome" and welcome["node"] == "h1" and welcome["heartbeat_interval"] > 0
+    assert desired["type"] == "desired" and desired["generation"] >= 1
+    assert {r["name"] for r in desired["replicas"]} == names
+    entry = desired["replicas"][0]
+    assert entry["namespace"] == "default" and entry["deployment"] == "web" and entry["image"] == "busybox:1"
+    node.refresh_from_db()
+    assert node.capacity_cpu == 2000 and node.agent_labels == {"zone": "a"} and node.engine_version == "20.10"
+    # The connection closed: the node is NotReady at once, its replicas Unknown until it reports again.
+    assert node.status == Node.Status.NOT_READY and node.status_reason == "AgentDisconnected"
+
+
+def test_status_reports_update_replicas_and_finish_terminations():
+    node, credential = enroll()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY)
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
+    )
+    reconcile_deployment(deployment.pk)
+    first, second = Replica.objects.order_by("name")
+
+    def report(*entries, generation=1):
+        return {"type": "status", "generation": generation, "full": True, "replicas": list(entries)}
+
+    def running(r):
+        return {
+            "name": r.name,
+            "namespace": "default",
+            "container_id": "c-" + r.name,
+            "phase": "Running",
+            "exit_code": None,
+            "message": "",
+            "restart_count": 0,
+            "started_at": "2026-11-22T11:00:00Z",
+            "finished_at": None,
+        }
+
+    async def scenario(*frames):
+        ws = communicator(credential)
+        await ws.connect()
+        await ws.send_json_to(HELLO)
+        await ws.receive_json_from(timeout=5)  # welcome
+        await ws.receive_json_from(timeout=5)  # desired
+        for frame in frames:
+            await ws.send_json_to(frame)
+        await ws.send_json_to({"type": "heartbeat"})  # frames are handled in order: this one last
+        await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+
+    run(
+        lambda: scenario(
+            report(running(first), running(second)),
+            {"type": "status", "replicas": "garbage"},
+            {"type": "nonsense"},
+        )
+    )
+    first.refresh_from_db()
+    assert first.container_id == "c-" + first.name and first.started_at is not None
+    assert Node.objects.get().observed_generation == 1
+
+    Deployment.objects.filter(pk=deployment.pk).update(replicas=1)
+    reconcile_deployment(deployment.pk)
+    terminating = Replica.objects.get(phase=Replica.Phase.TERMINATING)
+    survivor = Replica.objects.exclude(pk=terminating.pk).get()
+    # The agent stopped it: its next full report no longer lists it, so the row goes.
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY)
+    run(lambda: scenario(report(running(survivor), generation=3)))
+    assert list(Replica.objects.values_list("name", flat=True)) == [survivor.name]
+
+
+def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from nodes import heartbeats
+    from nodes.controllers.monitor import monitor_nodes
+
+    node, _ = enroll()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=timezone.now())
+    async_to_sync(heartbeats.record)(node.pk, time.time())
+    assert monitor_nodes() == []
+    later = timezone.now() + timedelta(seconds=settings.NODE_GRACE_SECONDS + 1)
+    assert monitor_nodes(now=later) == ["h1"]
+    node.refresh_from_db()
+    assert node.status == Node.Status.NOT_READY and node.status_reason == "HeartbeatTimeout"
+    assert "no heartbeat" in node.status_message
+    assert monitor_nodes(now=later) == []  # a rerun finds nothing new

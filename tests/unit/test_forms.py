@@ -1,0 +1,47 @@
+import pytest
+
+from web.forms import FormInputError, deployment_payload, parse_env, parse_ports
+
+
+def test_form_becomes_an_api_payload():
+    payload = deployment_payload(
+        {
+            "name": " web ",
+            "image": "nginx:1.27",
+            "replicas": "3",
+            "command": "httpd -f -p '8 0'",
+            "env": "A=1\n# comment\nB=x=y\n",
+            "ports": "8080:80\n53/udp",
+            "cpu": "250m",
+            "memory": "",
+        }
+    )
+    assert payload == {
+        "name": "web",
+        "image": "nginx:1.27",
+        "replicas": 3,
+        "command": ["httpd", "-f", "-p", "8 0"],
+        "env": {"A": "1", "B": "x=y"},
+        "ports": [{"container": 80, "host": 8080, "protocol": "tcp"}, {"container": 53, "protocol": "udp"}],
+        "resources": {"cpu": "250m"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("parser", "text", "field"),
+    [
+        (parse_env, "NOEQUALS", "env"),
+        (parse_ports, "http:80", "ports"),
+        (parse_ports, "80:", "ports"),
+    ],
+)
+def test_bad_lines_name_the_field_and_line(parser, text, field):
+    with pytest.raises(FormInputError) as error:
+        parser(text)
+    assert error.value.field == field and "line 1" in str(error.value)
+
+
+def test_unbalanced_quotes_in_command():
+    with pytest.raises(FormInputError) as error:
+        deployment_payload({"name": "a", "image": "b", "replicas": "1", "command": "sh -c 'echo"})
+    assert error.value.field == "command"
