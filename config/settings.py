@@ -216,8 +216,13 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = _env_bool("BERTH_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = _env_bool("BERTH_SSL_REDIRECT", False)
-    SECURE_HSTS_SECONDS = int(_env_float("BERTH_HSTS_SECONDS", 0))
+    SECURE_SSL_REDIRECT = _env_bool("BERTH_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]  # health checks come over plain HTTP from inside
+    SECURE_HSTS_SECONDS = int(_env_float("BERTH_HSTS_SECONDS", 365 * 24 * 3600))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("BERTH_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = _env_bool("BERTH_HSTS_PRELOAD", False)
+    # Whether subdomains and the preload list are covered is the site owner's decision.
+    SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
     SESSION_COOKIE_HTTPONLY = True
 
 LOGGING = {

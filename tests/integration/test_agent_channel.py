@@ -1,6 +1,7 @@
 """The agents' WebSocket, through the real ASGI application and the Redis channel layer."""
 
 import time
+import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -173,3 +174,10 @@ def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
     assert node.status == Node.Status.NOT_READY and node.status_reason == "HeartbeatTimeout"
     assert "no heartbeat" in node.status_message
     assert monitor_nodes(now=later) == []  # a rerun finds nothing new
+
+    # The agent was only frozen: its connection is still the current one and it beats again.
+    Node.objects.filter(pk=node.pk).update(session=uuid.uuid4())
+    async_to_sync(heartbeats.record)(node.pk, later.timestamp() + 1)
+    monitor_nodes(now=later + timedelta(seconds=1))
+    node.refresh_from_db()
+    assert node.status == Node.Status.READY

@@ -1,0 +1,18 @@
+# The Berth control plane (web, worker and beat share this image; see docker-compose.yml).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+COPY requirements.txt agent/requirements.txt /tmp/
+RUN pip install -r /tmp/requirements.txt && useradd --system --uid 10001 --home /app berth
+
+COPY . /app
+# Static files are collected at build time; the key here is only for this step.
+RUN BERTH_DEBUG=false BERTH_SECRET_KEY=collectstatic-only BERTH_ALLOWED_HOSTS=build \
+    python manage.py collectstatic --noinput -v0 && chown -R berth /app
+
+USER berth
+EXPOSE 8000
+# uvicorn serves HTTP and WebSockets (agents and browsers).
+CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips=*"]

@@ -1,0 +1,177 @@
+"""Berth end to end: a real control plane, two hosts (network namespaces) each with its own
+Docker engine and its own agent; deployments go in through REST and come out as
+containers in the engines."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+
+from tests.harness.waiting import wait_for
+
+IMAGE = "berth-test/busybox:1"
+LABELS = ("berth.namespace", "berth.deployment", "berth.replica")
+
+
+@pytest.fixture
+def cluster(control_plane, hosts, api):
+    """Both hosts' agents enrolled and Ready; every deployment removed afterwards."""
+    token = control_plane.new_join_token()
+    for host in hosts:
+        host.start_agent(control_plane.agent_url_for(host), token)
+    wait_for(
+        lambda: all(node_status(api, h.name) == "Ready" for h in hosts),
+        30,
+        lambda: f"both nodes Ready; nodes: {api.get('/api/v1/nodes/').json()}; "
+        f"agent h1: {hosts[0].agent_output(15)}",
+    )
+    yield hosts
+    for deployment in api.get("/api/v1/namespaces/default/deployments/").json()["results"]:
+        api.delete(f"/api/v1/namespaces/default/deployments/{deployment['name']}/")
+
+
+def node_status(api, name):
+    response = api.get(f"/api/v1/nodes/{name}/")
+    return response.json()["status"] if response.status_code == 200 else None
+
+
+def running_containers(hosts, deployment):
+    """{host name: [containers of this deployment running in that host's engine]}"""
+    return {
+        host.name: [
+            c
+            for c in host.berth_containers(all=False)
+            if c.labels.get("berth.deployment") == deployment and c.status == "running"
+        ]
+        for host in hosts
+    }
+
+
+def all_containers(hosts, deployment):
+    return [c for host in hosts for c in host.berth_containers() if c.labels.get("berth.deployment") == deployment]
+
+
+def create(api, name, replicas, **spec):
+    body = {"name": name, "image": IMAGE, "replicas": replicas, "command": ["sleep", "3600"], **spec}
+    response = api.post("/api/v1/namespaces/default/deployments/", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def replicas_of(api, name):
+    return api.get(f"/api/v1/namespaces/default/deployments/{name}/replicas/").json()["results"]
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def test_deploy_scale_delete_on_real_hosts(cluster, api):
+    hosts = cluster
+    name = unique("web")
+    started = time.monotonic()
+    create(api, name, 4)
+
+    def four_running_spread():
+        seen = running_containers(hosts, name)
+        return seen if sum(map(len, seen.values())) == 4 and all(seen.values()) else None
+
+    seen = wait_for(four_running_spread, 15, lambda: f"4 containers over both hosts: {running_containers(hosts, name)}")
+    elapsed = time.monotonic() - started
+    print(f"4 replicas running on real hosts {elapsed:.2f} s after the POST")
+    api_replicas = {r["name"]: r for r in replicas_of(api, name)}
+    for host_name, containers in seen.items():
+        for container in containers:
+            labels = container.labels
+            assert all(key in labels for key in LABELS), labels
+            assert labels["berth.namespace"] == "default" and labels["berth.deployment"] == name
+            replica = api_replicas[labels["berth.replica"]]
+            assert replica["node"] == host_name  # each seen in the engine of the host it is placed on
+    wait_for(
+        lambda: all(r["phase"] == "Running" and r["container_id"] for r in replicas_of(api, name)),
+        10,
+        lambda: f"the API to report 4 Running: {replicas_of(api, name)}",
+    )
+    wait_for(
+        lambda: api.get(f"/api/v1/namespaces/default/deployments/{name}/").json()["status"]["ready_replicas"] == 4,
+        10,
+        "status.ready_replicas == 4",
+    )
+
+    assert api.patch(f"/api/v1/namespaces/default/deployments/{name}/", json={"replicas": 1}).status_code == 200
+    wait_for(
+        lambda: len(all_containers(hosts, name)) == 1 and len(replicas_of(api, name)) == 1,
+        15,
+        lambda: f"exactly one container left: {[c.name for c in all_containers(hosts, name)]}",
+    )
+    assert sum(map(len, running_containers(hosts, name).values())) == 1
+
+    assert api.delete(f"/api/v1/namespaces/default/deployments/{name}/").status_code == 204
+    assert api.get(f"/api/v1/namespaces/default/deployments/{name}/").status_code == 404
+    wait_for(lambda: not all_containers(hosts, name), 15, lambda: f"no containers: {all_containers(hosts, name)}")
+
+
+def test_agent_restart_adopts_its_containers(cluster, api, control_plane):
+    hosts = cluster
+    h1 = hosts[0]
+    name = unique("adopt")
+    create(api, name, 4)
+    wait_for(lambda: len(running_containers(hosts, name)[h1.name]) == 2, 15, "two replicas on h1")
+    before = sorted(c.id for c in running_containers(hosts, name)[h1.name])
+
+    h1.kill_agent(signal.SIGKILL)
+    wait_for(lambda: node_status(api, h1.name) == "NotReady", 10, "h1 NotReady after its agent died")
+    h1.start_agent(control_plane.agent_url_for(h1), None)  # the credential from its state dir
+    wait_for(lambda: node_status(api, h1.name) == "Ready", 15, lambda: f"h1 Ready again: {h1.agent_output(20)}")
+    wait_for(
+        lambda: all(r["phase"] == "Running" for r in replicas_of(api, name)),
+        10,
+        lambda: f"replicas Running again: {replicas_of(api, name)}",
+    )
+    after = sorted(c.id for c in h1.berth_containers() if c.labels.get("berth.deployment") == name)
+    assert after == before  # adopted: the same containers, none added
+    assert len(all_containers(hosts, name)) == 4
+
+
+def test_foreign_containers_are_never_touched(cluster, api):
+    h1 = cluster[0]
+    foreign = h1.docker.containers.run(IMAGE, ["sleep", "3600"], name=unique("mine"), detach=True,
+                                       labels={"owner": "someone-else"})
+    name = unique("neighbour")
+    create(api, name, 2)
+    wait_for(lambda: sum(map(len, running_containers(cluster, name).values())) == 2, 15, "2 replicas running")
+    api.delete(f"/api/v1/namespaces/default/deployments/{name}/")
+    wait_for(lambda: not all_containers(cluster, name), 15, "the deployment's containers gone")
+    foreign.reload()
+    assert foreign.status == "running"
+
+
+@pytest.mark.parametrize("how", ["stopped", "frozen"])
+def test_a_stopped_agent_makes_its_node_not_ready_within_the_grace(cluster, api, control_plane, how):
+    """`stopped`: the agent exits (its connection closes). `frozen`: SIGSTOP, the connection
+    stays open and only the missing heartbeats tell; that takes the grace."""
+    h2 = cluster[1]
+    grace = float(control_plane.env.get("BERTH_NODE_GRACE_SECONDS", 10))
+    started = time.monotonic()
+    if how == "stopped":
+        h2.kill_agent(signal.SIGTERM)
+    else:
+        h2.agent.send_signal(signal.SIGSTOP)
+    try:
+        # The monitor looks every second: allow one tick beyond the grace.
+        wait_for(lambda: node_status(api, h2.name) == "NotReady", grace + 1.5, f"{h2.name} NotReady")
+        elapsed = time.monotonic() - started
+        print(f"{how}: NotReady after {elapsed:.2f} s (grace {grace:g} s)")
+        node = api.get(f"/api/v1/nodes/{h2.name}/").json()
+        expected = "AgentDisconnected" if how == "stopped" else "HeartbeatTimeout"
+        assert node["status_reason"] == expected, node
+        if how == "frozen":
+            assert elapsed > 1.0  # it really waited for heartbeats to stop, not for a disconnect
+    finally:
+        if how == "frozen":
+            h2.agent.send_signal(signal.SIGCONT)
+    if how == "frozen":
+        wait_for(lambda: node_status(api, h2.name) == "Ready", 10, "Ready again once heartbeats resume")
