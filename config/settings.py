@@ -142,7 +142,9 @@ if not REDIS_URL.startswith(("redis://", "rediss://")):
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        # The socket timeout must outlast channels_redis's 5 s blocking reads, or every idle
+        # WebSocket is dropped after 5 s (redis-py's default timeout is also 5 s).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
     }
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -25,8 +26,10 @@ def cluster(control_plane, hosts, api):
     wait_for(
         lambda: all(node_status(api, h.name) == "Ready" for h in hosts),
         30,
-        lambda: f"both nodes Ready; nodes: {api.get('/api/v1/nodes/').json()}; "
-        f"agent h1: {hosts[0].agent_output(15)}",
+        lambda: (
+            f"both nodes Ready; nodes: {api.get('/api/v1/nodes/').json()}; "
+            f"agent h1: {hosts[0].agent_output(15)}"
+        ),
     )
     yield hosts
     for deployment in api.get("/api/v1/namespaces/default/deployments/").json()["results"]:
@@ -51,11 +54,18 @@ def running_containers(hosts, deployment):
 
 
 def all_containers(hosts, deployment):
-    return [c for host in hosts for c in host.berth_containers() if c.labels.get("berth.deployment") == deployment]
+    return [
+        c for host in hosts for c in host.berth_containers() if c.labels.get("berth.deployment") == deployment
+    ]
+
+
+# A process that stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it, and every
+# stop would wait out the engine's 10 s grace).
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 
 
 def create(api, name, replicas, **spec):
-    body = {"name": name, "image": IMAGE, "replicas": replicas, "command": ["sleep", "3600"], **spec}
+    body = {"name": name, "image": IMAGE, "replicas": replicas, "command": SLEEPER, **spec}
     response = api.post("/api/v1/namespaces/default/deployments/", json=body)
     assert response.status_code == 201, response.text
     return response.json()
@@ -65,6 +75,10 @@ def replicas_of(api, name):
     return api.get(f"/api/v1/namespaces/default/deployments/{name}/replicas/").json()["results"]
 
 
+def parse_time(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def unique(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
@@ -72,6 +86,7 @@ def unique(prefix):
 def test_deploy_scale_delete_on_real_hosts(cluster, api):
     hosts = cluster
     name = unique("web")
+    test_start = datetime.now(UTC)
     started = time.monotonic()
     create(api, name, 4)
 
@@ -79,7 +94,9 @@ def test_deploy_scale_delete_on_real_hosts(cluster, api):
         seen = running_containers(hosts, name)
         return seen if sum(map(len, seen.values())) == 4 and all(seen.values()) else None
 
-    seen = wait_for(four_running_spread, 15, lambda: f"4 containers over both hosts: {running_containers(hosts, name)}")
+    seen = wait_for(
+        four_running_spread, 15, lambda: f"4 containers over both hosts: {running_containers(hosts, name)}"
+    )
     elapsed = time.monotonic() - started
     print(f"4 replicas running on real hosts {elapsed:.2f} s after the POST")
     api_replicas = {r["name"]: r for r in replicas_of(api, name)}
@@ -96,12 +113,16 @@ def test_deploy_scale_delete_on_real_hosts(cluster, api):
         lambda: f"the API to report 4 Running: {replicas_of(api, name)}",
     )
     wait_for(
-        lambda: api.get(f"/api/v1/namespaces/default/deployments/{name}/").json()["status"]["ready_replicas"] == 4,
+        lambda: (
+            api.get(f"/api/v1/namespaces/default/deployments/{name}/").json()["status"]["ready_replicas"] == 4
+        ),
         10,
         "status.ready_replicas == 4",
     )
 
-    assert api.patch(f"/api/v1/namespaces/default/deployments/{name}/", json={"replicas": 1}).status_code == 200
+    assert (
+        api.patch(f"/api/v1/namespaces/default/deployments/{name}/", json={"replicas": 1}).status_code == 200
+    )
     wait_for(
         lambda: len(all_containers(hosts, name)) == 1 and len(replicas_of(api, name)) == 1,
         15,
@@ -111,7 +132,16 @@ def test_deploy_scale_delete_on_real_hosts(cluster, api):
 
     assert api.delete(f"/api/v1/namespaces/default/deployments/{name}/").status_code == 204
     assert api.get(f"/api/v1/namespaces/default/deployments/{name}/").status_code == 404
-    wait_for(lambda: not all_containers(hosts, name), 15, lambda: f"no containers: {all_containers(hosts, name)}")
+    wait_for(
+        lambda: not all_containers(hosts, name), 15, lambda: f"no containers: {all_containers(hosts, name)}"
+    )
+    # All along, the agents' connections held: no node went NotReady during the test.
+    for host in hosts:
+        events = api.get("/api/v1/events/", params={"kind": "Node", "name": host.name}).json()["results"]
+        flaps = [
+            e for e in events if e["reason"] == "NodeNotReady" and parse_time(e["last_seen"]) >= test_start
+        ]
+        assert not flaps, f"{host.name} went NotReady during the test: {flaps}"
 
 
 def test_agent_restart_adopts_its_containers(cluster, api, control_plane):
@@ -125,7 +155,9 @@ def test_agent_restart_adopts_its_containers(cluster, api, control_plane):
     h1.kill_agent(signal.SIGKILL)
     wait_for(lambda: node_status(api, h1.name) == "NotReady", 10, "h1 NotReady after its agent died")
     h1.start_agent(control_plane.agent_url_for(h1), None)  # the credential from its state dir
-    wait_for(lambda: node_status(api, h1.name) == "Ready", 15, lambda: f"h1 Ready again: {h1.agent_output(20)}")
+    wait_for(
+        lambda: node_status(api, h1.name) == "Ready", 15, lambda: f"h1 Ready again: {h1.agent_output(20)}"
+    )
     wait_for(
         lambda: all(r["phase"] == "Running" for r in replicas_of(api, name)),
         10,
@@ -138,8 +170,9 @@ def test_agent_restart_adopts_its_containers(cluster, api, control_plane):
 
 def test_foreign_containers_are_never_touched(cluster, api):
     h1 = cluster[0]
-    foreign = h1.docker.containers.run(IMAGE, ["sleep", "3600"], name=unique("mine"), detach=True,
-                                       labels={"owner": "someone-else"})
+    foreign = h1.docker.containers.run(
+        IMAGE, SLEEPER, name=unique("mine"), detach=True, labels={"owner": "someone-else"}
+    )
     name = unique("neighbour")
     create(api, name, 2)
     wait_for(lambda: sum(map(len, running_containers(cluster, name).values())) == 2, 15, "2 replicas running")

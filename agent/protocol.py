@@ -1,0 +1,217 @@
+"""The wire format of the agent session (docs/agent-protocol.md, section 2).
+
+Builds the frames the agent sends and parses the ones it receives into dataclasses,
+validating everything that ends up in a container name or an engine call. Pure: the
+session does the sending.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from agent import __version__
+from agent.replicas import DesiredReplica, PortMapping, Resources
+from agent.runtime import EngineInfo
+from agent.status import ReplicaStatus
+
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[^=\x00]+$")
+
+
+class ProtocolError(ValueError):
+    """A frame the agent cannot act on; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Welcome:
+    node: str
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
+class DesiredSet:
+    generation: int
+    replicas: tuple[DesiredReplica, ...]
+
+
+@dataclass(frozen=True)
+class UnknownFrame:
+    """A frame type this agent does not know: ignored, so the server can add new ones."""
+
+    type: str
+
+
+def hello_frame(engine: EngineInfo, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "agent_version": __version__,
+        "engine_version": engine.version,
+        "capacity": {"cpu": engine.cpu_millis, "memory": engine.memory_bytes},
+        "labels": dict(labels),
+    }
+
+
+def heartbeat_frame() -> dict[str, Any]:
+    return {"type": "heartbeat"}
+
+
+def status_frame(generation: int, statuses: Sequence[ReplicaStatus]) -> dict[str, Any]:
+    """A full status frame: every replica the agent knows about (`full` is always true in v1)."""
+    return {
+        "type": "status",
+        "generation": generation,
+        "full": True,
+        "replicas": [
+            {
+                "name": s.name,
+                "namespace": s.namespace,
+                "container_id": s.container_id,
+                "phase": str(s.phase),
+                "exit_code": s.exit_code,
+                "message": s.message,
+                "restart_count": s.restart_count,
+                "started_at": format_time(s.started_at),
+                "finished_at": format_time(s.finished_at),
+            }
+            for s in statuses
+        ],
+    }
+
+
+def format_time(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_frame(text: str | bytes) -> Welcome | DesiredSet | UnknownFrame:
+    """Parse one server frame. Raises ProtocolError when it is malformed.
+
+    A malformed `desired` frame is rejected as a whole rather than partly applied:
+    applying part of a set would remove the replicas that failed to parse.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError("frame is not a JSON object with a string 'type'")
+    kind = data["type"]
+    if kind == "welcome":
+        return _parse_welcome(data)
+    if kind == "desired":
+        return _parse_desired(data)
+    return UnknownFrame(kind)
+
+
+def _parse_welcome(data: dict[str, Any]) -> Welcome:
+    node = data.get("node")
+    if not isinstance(node, str):
+        raise ProtocolError("welcome.node must be a string")
+    interval = data.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
+        raise ProtocolError("welcome.heartbeat_interval must be a number of seconds in (0, 3600]")
+    return Welcome(node=node, heartbeat_interval=float(interval))
+
+
+def _parse_desired(data: dict[str, Any]) -> DesiredSet:
+    generation = data.get("generation")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ProtocolError("desired.generation must be a non-negative integer")
+    items = data.get("replicas")
+    if not isinstance(items, list):
+        raise ProtocolError("desired.replicas must be a list")
+    replicas = tuple(_parse_replica(item, f"desired.replicas[{i}]") for i, item in enumerate(items))
+    seen: set[tuple[str, str]] = set()
+    for replica in replicas:
+        if replica.key in seen:
+            raise ProtocolError(f"desired.replicas lists {replica.namespace}/{replica.name} twice")
+        seen.add(replica.key)
+    return DesiredSet(generation=generation, replicas=replicas)
+
+
+def _parse_replica(item: Any, where: str) -> DesiredReplica:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be an object")
+    name = _dns_label(item.get("name"), f"{where}.name")
+    namespace = _dns_label(item.get("namespace"), f"{where}.namespace")
+    deployment = _string(item.get("deployment"), f"{where}.deployment")
+    revision = _string(item.get("revision"), f"{where}.revision")
+    image = _string(item.get("image"), f"{where}.image")
+    if not image:
+        raise ProtocolError(f"{where}.image must not be empty")
+
+    command = item.get("command")
+    if command is not None:
+        if not isinstance(command, list) or not all(isinstance(part, str) for part in command):
+            raise ProtocolError(f"{where}.command must be null or a list of strings")
+        command = tuple(command)
+
+    env = item.get("env") or {}
+    if not isinstance(env, dict):
+        raise ProtocolError(f"{where}.env must be an object")
+    for key, value in env.items():
+        if not _ENV_NAME.match(key) or not isinstance(value, str):
+            raise ProtocolError(f"{where}.env[{key!r}] must be a name without '=' and a string value")
+
+    return DesiredReplica(
+        name=name,
+        namespace=namespace,
+        deployment=deployment,
+        revision=revision,
+        image=image,
+        command=command,
+        env=tuple(env.items()),
+        ports=tuple(_parse_port(p, f"{where}.ports[{i}]") for i, p in enumerate(item.get("ports") or [])),
+        resources=_parse_resources(item.get("resources") or {}, f"{where}.resources"),
+    )
+
+
+def _parse_port(item: Any, where: str) -> PortMapping:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be an object")
+    container = _port_number(item.get("container"), f"{where}.container")
+    host = item.get("host")
+    if host is not None:
+        host = _port_number(host, f"{where}.host")
+    protocol = item.get("protocol") or "tcp"
+    if protocol not in ("tcp", "udp", "sctp"):
+        raise ProtocolError(f"{where}.protocol must be tcp, udp or sctp")
+    return PortMapping(container=container, host=host, protocol=protocol)
+
+
+def _parse_resources(item: Any, where: str) -> Resources:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be an object")
+    values = {}
+    for field in ("cpu_millis", "memory_bytes"):
+        value = item.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ProtocolError(f"{where}.{field} must be null or a non-negative integer")
+        values[field] = value or None  # 0 means no limit, as null does
+    return Resources(**values)
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where} must be a string")
+    return value
+
+
+def _dns_label(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        raise ProtocolError(f"{where} must be a DNS-1123 label, got {value!r}")
+    return value
+
+
+def _port_number(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ProtocolError(f"{where} must be a port number (1-65535)")
+    return value

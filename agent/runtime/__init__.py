@@ -1,0 +1,94 @@
+"""The seam between the agent and a container engine.
+
+The reconciler only talks to a `Runtime`: the Docker engine runtime (runtime/docker.py)
+on real servers, and later an in-memory fake that lets one process simulate thousands of
+hollow nodes for scale tests. All methods are coroutines so a fake needs no threads; a
+runtime whose client blocks (Docker's) runs its calls in worker threads itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from agent.replicas import DesiredReplica, ObservedContainer
+
+# The event action a runtime emits when its event stream (re)connected: events may have
+# been missed, so the caller must list the containers again.
+RESYNC = "resync"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    version: str
+    cpu_millis: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """Something happened to a container (`action` is the engine's word, e.g. "start", "die")."""
+
+    container_id: str | None
+    action: str
+
+
+class RuntimeFailure(Exception):
+    """An action failed; str(exc) is a message for the replica's status, meant for humans."""
+
+
+class ImageUnavailable(RuntimeFailure):
+    """The image is not on the node and could not be pulled."""
+
+
+class NameConflict(RuntimeFailure):
+    """A container with the replica's name exists already."""
+
+    def __init__(self, message: str, existing: ObservedContainer | None) -> None:
+        super().__init__(message)
+        self.existing = existing  # None when it vanished or is not visible
+
+
+class EngineUnavailable(RuntimeFailure):
+    """The engine could not be reached at all."""
+
+
+class Runtime(ABC):
+    """A container engine seen through the containers one node owns."""
+
+    @abstractmethod
+    async def engine_info(self) -> EngineInfo:
+        """Version and capacity, for the `hello` frame."""
+
+    @abstractmethod
+    async def list_owned(self) -> list[ObservedContainer]:
+        """Every container labelled as managed by Berth for this node, running or not."""
+
+    @abstractmethod
+    async def inspect(self, container_id: str) -> ObservedContainer | None:
+        """The container's current state, or None if it no longer exists."""
+
+    @abstractmethod
+    async def create(self, replica: DesiredReplica, *, on_pull: Callable[[], None] | None = None) -> str:
+        """Create (not start) the replica's container, pulling its image if missing; return its id.
+
+        Calls `on_pull` before pulling so the caller can report it. Raises ImageUnavailable,
+        NameConflict or RuntimeFailure.
+        """
+
+    @abstractmethod
+    async def start(self, container_id: str) -> None:
+        """Start a created or exited container. Raises RuntimeFailure."""
+
+    @abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Stop with a 10 s grace period, then remove; a container already gone is not an error."""
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[ContainerEvent]:
+        """Changes to this node's containers, forever; a RESYNC event whenever some may be lost."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release threads and connections."""

@@ -1,0 +1,232 @@
+"""The agent's WebSocket session with the control plane, kept alive forever.
+
+Reads: the node credential (enroll.Enroller), the engine's info, the reconciler's status.
+Writes: each accepted `desired` set into the reconciler. One connection at a time: hello,
+welcome, then heartbeats and status frames out, desired frames in. Any failure ends the
+connection and a new one is attempted after an exponential back-off with full jitter
+(0.5 s doubling to 30 s), reset after a healthy session. A refused credential (HTTP 403 at
+the handshake) triggers a new enrollment when a join token is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.credential import Credential, credential_path
+from agent.enroll import (
+    REFUSED_RETRY_SECONDS,
+    Enroller,
+    EnrollmentError,
+    EnrollmentRefused,
+    obtain_credential,
+)
+from agent.protocol import (
+    DesiredSet,
+    ProtocolError,
+    Welcome,
+    heartbeat_frame,
+    hello_frame,
+    parse_frame,
+    status_frame,
+)
+from agent.reconciler import Reconciler
+from agent.reconnect import ReconnectDelay
+from agent.reporter import StatusReporter
+from agent.runtime import EngineInfo, Runtime, RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+HEALTHY_AFTER = 10.0  # a session welcomed and kept this long resets the back-off
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # a desired set for a busy node can be large
+
+
+class Outcome(enum.Enum):
+    HEALTHY = "healthy"
+    FAILED = "failed"
+    REFUSED = "refused"  # the credential was refused at the handshake
+
+
+class Session:
+    def __init__(
+        self,
+        config: AgentConfig,
+        enroller: Enroller,
+        reconciler: Reconciler,
+        reporter: StatusReporter,
+        runtime: Runtime,
+        engine: EngineInfo,
+        *,
+        delay: ReconnectDelay | None = None,
+    ) -> None:
+        self._config = config
+        self._enroller = enroller
+        self._reconciler = reconciler
+        self._reporter = reporter
+        self._runtime = runtime
+        self._engine = engine
+        self._delay = delay or ReconnectDelay(base=0.5, cap=30.0)
+
+    async def run_forever(self) -> None:
+        """Connect, serve, reconnect; returns only when cancelled."""
+        while True:
+            credential = await obtain_credential(self._enroller)
+            outcome = await self._connect(credential)
+            if outcome is Outcome.HEALTHY:
+                self._delay.reset()
+            elif outcome is Outcome.REFUSED and not await self._after_refusal():
+                continue  # _after_refusal already waited
+            wait = self._delay.next()
+            log.info("reconnecting in %.1f s", wait)
+            await asyncio.sleep(wait)
+
+    async def _after_refusal(self) -> bool:
+        """Handle a refused credential; False if it already waited before the next attempt."""
+        if not self._enroller.can_enroll:
+            log.error(
+                "the control plane refused the credential in %s (HTTP 403): this node was removed or "
+                "re-enrolled elsewhere. To rejoin, restart the agent with --join-token (or "
+                "BERTH_JOIN_TOKEN) set to a valid join token. Retrying every %.0f s.",
+                credential_path(self._config.state_dir),
+                REFUSED_RETRY_SECONDS,
+            )
+            await asyncio.sleep(REFUSED_RETRY_SECONDS)
+            return False
+        log.warning("the control plane refused the node credential; enrolling again with the join token")
+        try:
+            await self._enroller.rotate()
+        except EnrollmentRefused as exc:
+            log.error(
+                "%s; give a valid join token with --join-token or BERTH_JOIN_TOKEN; retrying in %.0f s",
+                exc,
+                REFUSED_RETRY_SECONDS,
+            )
+            await asyncio.sleep(REFUSED_RETRY_SECONDS)
+            return False
+        except (EnrollmentError, OSError) as exc:
+            log.warning("%s", exc)
+        return True
+
+    async def _connect(self, credential: Credential) -> Outcome:
+        url = self._config.session_url
+        try:
+            async with connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {credential.credential}"},
+                user_agent_header=f"berth-agent/{__version__}",
+                open_timeout=10,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=5,
+                max_size=MAX_FRAME_BYTES,
+            ) as ws:
+                return await self._serve(ws, url)
+        except InvalidStatus as exc:
+            code = exc.response.status_code
+            if code in (401, 403):
+                log.warning("%s refused the node credential (HTTP %d)", url, code)
+                return Outcome.REFUSED
+            log.warning("%s refused the connection: HTTP %d", url, code)
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+            log.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
+        return Outcome.FAILED
+
+    async def _serve(self, ws: ClientConnection, url: str) -> Outcome:
+        log.info("connected to %s as node %s", url, self._reconciler.node)
+        try:
+            self._engine = await self._runtime.engine_info()
+        except RuntimeFailure as exc:
+            log.warning("cannot refresh engine info, sending the last known: %s", exc)
+        helpers: list[asyncio.Task[None]] = []
+        welcomed_at: float | None = None
+        reason = "connection closed"
+        try:
+            await ws.send(json.dumps(hello_frame(self._engine, self._config.labels)))
+            async for message in ws:
+                try:
+                    frame = parse_frame(message)
+                except ProtocolError as exc:
+                    log.warning("ignoring a frame from the control plane: %s", exc)
+                    continue
+                if isinstance(frame, Welcome):
+                    if frame.node != self._reconciler.node:
+                        log.warning(
+                            "the control plane calls this node %r, its credential says %r",
+                            frame.node,
+                            self._reconciler.node,
+                        )
+                    if welcomed_at is None:
+                        welcomed_at = time.monotonic()
+                        log.info(
+                            "welcomed as node %s (heartbeat every %.1f s)",
+                            frame.node,
+                            frame.heartbeat_interval,
+                        )
+                        helpers.append(
+                            self._guard(ws, self._heartbeat(ws, frame.heartbeat_interval), "heartbeat")
+                        )
+                        helpers.append(
+                            self._guard(
+                                ws,
+                                self._reporter.run(ws.send, self._snapshot, lambda: self._reconciler.ready),
+                                "status",
+                            )
+                        )
+                    self._reporter.mark_dirty()  # the control plane wants the full picture now
+                elif isinstance(frame, DesiredSet):
+                    self._on_desired(frame)
+                else:
+                    log.debug("ignoring a %r frame", frame.type)
+            reason = f"closed by the control plane (code {ws.close_code}, {ws.close_reason or 'no reason'})"
+        except ConnectionClosed as exc:
+            reason = str(exc)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        log.info("disconnected from %s: %s", url, reason)
+        if welcomed_at is not None and time.monotonic() - welcomed_at >= HEALTHY_AFTER:
+            return Outcome.HEALTHY
+        return Outcome.FAILED
+
+    def _on_desired(self, frame: DesiredSet) -> None:
+        previous = self._reconciler.generation
+        if self._reconciler.apply_desired(frame.generation, frame.replicas):
+            log.info("desired generation %d: %d replica(s)", frame.generation, len(frame.replicas))
+        else:
+            log.info(
+                "ignoring desired generation %d: generation %d is already applied", frame.generation, previous
+            )
+
+    def _snapshot(self) -> dict[str, Any]:
+        return status_frame(self._reconciler.generation, self._reconciler.statuses())
+
+    async def _heartbeat(self, ws: ClientConnection, interval: float) -> None:
+        frame = json.dumps(heartbeat_frame())
+        while True:
+            await asyncio.sleep(interval)
+            await ws.send(frame)
+
+    def _guard(self, ws: ClientConnection, work: Awaitable[None], what: str) -> asyncio.Task[None]:
+        """Run a helper of the connection; if it breaks, end the connection so it starts over clean."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except ConnectionClosed:
+                pass
+            except Exception:
+                log.exception("%s sender failed; reconnecting", what)
+                await ws.close(code=1011, reason="agent error")
+
+        return asyncio.create_task(guarded(), name=f"berth-{what}")

@@ -1,0 +1,1 @@
+"""Developer tooling: private services for `make run` and the test harness."""

@@ -1,0 +1,87 @@
+"""A person in Chromium: log in, create a deployment from the form, watch it come up live."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.harness.waiting import wait_for
+
+
+@pytest.fixture
+def cluster(control_plane, hosts, api):
+    token = control_plane.new_join_token()
+    for host in hosts:
+        host.start_agent(control_plane.agent_url_for(host), token)
+    wait_for(
+        lambda: all(api.get(f"/api/v1/nodes/{h.name}/").json().get("status") == "Ready" for h in hosts),
+        30,
+        "both nodes Ready",
+    )
+    yield hosts
+    for deployment in api.get("/api/v1/namespaces/default/deployments/").json()["results"]:
+        api.delete(f"/api/v1/namespaces/default/deployments/{deployment['name']}/")
+
+
+def log_in(page, control_plane):
+    page.goto(control_plane.base_url + "/deployments/")
+    assert "/login/" in page.url  # the dashboard asks who you are first
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", control_plane.admin_password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/deployments/")
+
+
+def phases(page):
+    return page.eval_on_selector_all("#replicas-table [data-phase]", "nodes => nodes.map(n => n.textContent)")
+
+
+def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plane, cluster):
+    log_in(page, control_plane)
+    name = f"ui-{uuid.uuid4().hex[:6]}"
+    page.click("text=New deployment")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=image]", "berth-test/busybox:1")
+    page.fill("input[name=replicas]", "2")
+    page.fill("input[name=command]", "sh -c \"trap 'exit 0' TERM; sleep 3600 & wait\"")
+    page.fill("input[name=memory]", "32Mi")
+    page.click("button:has-text('Create')")
+    page.wait_for_url(f"**/namespaces/default/deployments/{name}/")
+    # Mark this document: a reload or navigation would lose the mark.
+    page.evaluate("window.__berthNoReload = true")
+    first_seen = phases(page)
+    assert first_seen != ["Running", "Running"], "already Running at first render: nothing was watched live"
+
+    page.wait_for_function(
+        """() => {
+            const cells = [...document.querySelectorAll('#replicas-table [data-phase]')];
+            return cells.length === 2 && cells.every(c => c.textContent === 'Running');
+        }""",
+        timeout=20_000,
+    )
+    assert page.evaluate("window.__berthNoReload") is True
+    assert page.text_content("#ready-count") == "2"
+    assert page.get_attribute("body", "data-live-state") == "open"
+    nodes = page.eval_on_selector_all(
+        "#replicas-table tbody tr td:nth-child(2)", "n => n.map(x => x.textContent)"
+    )
+    assert sorted(nodes) == ["h1", "h2"]
+
+
+def test_the_form_names_what_is_wrong_and_keeps_what_was_typed(page, control_plane, cluster):
+    log_in(page, control_plane)
+    page.goto(control_plane.base_url + "/deployments/new/")
+    page.fill("input[name=name]", "Bad_Name")
+    page.fill("input[name=image]", "berth-test/busybox:1")
+    page.fill("input[name=cpu]", "lots")
+    page.fill("textarea[name=ports]", "http:80")
+    page.click("button:has-text('Create')")
+    errors = page.locator(".error").all_text_contents()
+    assert any("DNS-1123" in e for e in errors), errors
+    assert any("HOST:CONTAINER" in e for e in errors), errors
+    assert page.input_value("input[name=image]") == "berth-test/busybox:1"
+    page.fill("textarea[name=ports]", "")
+    page.click("button:has-text('Create')")
+    errors = page.locator(".error").all_text_contents()
+    assert any("not a quantity" in e for e in errors), errors

@@ -1,0 +1,191 @@
+"""The real control plane for e2e tests: uvicorn + Celery worker + Celery beat as subprocesses.
+
+It gets a database of its own (`berth_e2e`, not pytest-django's `test_berth`) on the session's
+private PostgreSQL, and Redis database 1 (integration tests use 0), so the worker never
+picks up work enqueued by in-process tests. uvicorn listens on 0.0.0.0 so agents inside
+the hosts' namespaces reach it at their gateway address.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+
+from devtools.services import die_with_parent, free_port, stop_process, tail
+from tests.harness.hosts import REPO, child_env
+from tests.harness.plugin import TestServices
+from tests.harness.waiting import wait_for
+
+DATABASE = "berth_e2e"
+REDIS_DB = 1
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane did not start, or a part of it died; the message has the logs."""
+
+
+class ApiClient(requests.Session):
+    """A requests.Session bound to the control plane: relative paths, bearer token, a timeout.
+
+    `api.get("/api/v1/nodes/")` -> requests.Response.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 15.0) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/") + "/"
+        self.timeout = timeout
+        self.trust_env = False  # never through a proxy: everything here is local
+        self.headers["Accept"] = "application/json"
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method, url, *args, **kwargs):
+        kwargs.setdefault("timeout", self.timeout)
+        return super().request(method, urljoin(self.base_url, str(url).lstrip("/")), *args, **kwargs)
+
+
+class ControlPlane:
+    """A running control plane. Tests use base_url, api, agent_url_for(), new_join_token(), wait_for()."""
+
+    PROCESSES = ("web", "worker", "beat")
+
+    def __init__(self, services: TestServices) -> None:
+        self.services = services
+        self.dir = services.root / "controlplane"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.env = child_env(services.session)
+        self.env.update(
+            DATABASE_URL=services.database_url(DATABASE),
+            REDIS_URL=services.redis_url(REDIS_DB),
+            BERTH_DATA_DIR=str(self.dir / "data"),
+        )
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.api_token = ""
+        self.admin_password = ""
+        self.api: ApiClient = ApiClient(self.base_url)
+        self.timings: dict[str, float] = {}
+
+    # --- what tests use ------------------------------------------------------------------------
+
+    def agent_url_for(self, host) -> str:
+        """The URL an agent inside `host`'s namespace uses to reach this control plane."""
+        return f"http://{host.gateway}:{self.port}"
+
+    def new_join_token(self) -> str:
+        return self.manage_last_line("join_token")
+
+    def client(self, token: str | None = None) -> ApiClient:
+        """Another API client (e.g. unauthenticated with token=None)."""
+        return ApiClient(self.base_url, token)
+
+    wait_for = staticmethod(wait_for)
+
+    def log_path(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def logs(self, lines: int = 60) -> str:
+        """The last lines of each process's log, for failure reports."""
+        return "\n".join(
+            f"--- {name} ({self.log_path(name)}) ---\n{tail(self.log_path(name), lines)}"
+            for name in self.PROCESSES
+        )
+
+    def check_alive(self) -> None:
+        dead = {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+        if dead:
+            raise ControlPlaneError(f"control plane process(es) exited: {dead}\n{self.logs()}")
+
+    # --- management commands -------------------------------------------------------------------
+
+    def manage(self, *args: str, timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and result.returncode != 0:
+            raise ControlPlaneError(
+                f"manage.py {' '.join(args)} exited with {result.returncode}:\n"
+                f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def manage_last_line(self, *args: str) -> str:
+        """Run a command that prints a secret on its last line of stdout; return that line."""
+        lines = [line.strip() for line in self.manage(*args).stdout.splitlines() if line.strip()]
+        if not lines:
+            raise ControlPlaneError(f"manage.py {' '.join(args)} printed nothing")
+        return lines[-1]
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        with open(self.log_path(name), "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )  # fmt: skip
+
+    def start(self, timeout: float = 120.0) -> ControlPlane:
+        started = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._create_database()
+        self.timings["database"] = time.monotonic() - started
+        self.api = ApiClient(self.base_url, self.api_token)
+
+        python = sys.executable
+        self._spawn("web", [python, "-m", "uvicorn", "config.asgi:application",
+                            "--host", "0.0.0.0", "--port", str(self.port)])  # fmt: skip
+        self._spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "-l", "info",
+                               "--concurrency", "2", "-Q", "celery"])  # fmt: skip
+        self._spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
+                             "--schedule", str(self.dir / "beat-schedule")])  # fmt: skip
+
+        health = ApiClient(self.base_url, timeout=3)
+
+        def healthy() -> bool:
+            self.check_alive()
+            return health.get("/api/v1/health").status_code == 200
+
+        try:
+            wait_for(healthy, timeout, f"GET {self.base_url}/api/v1/health to answer 200",
+                     fatal=(ControlPlaneError,))  # fmt: skip
+        except ControlPlaneError:
+            raise
+        except AssertionError as exc:
+            raise ControlPlaneError(f"{exc}\n{self.logs()}") from None
+        self.timings["ready"] = time.monotonic() - started
+        return self
+
+    def reset_data(self) -> None:
+        """Start over with an empty, migrated database (data migrations included), a new admin
+        API token, and no nodes. The running processes reconnect by themselves."""
+        self._create_database()
+        self.api.headers["Authorization"] = f"Bearer {self.api_token}"
+
+    def _create_database(self) -> None:
+        # WITH (FORCE) ends the web server's and worker's sessions; Django's connection
+        # health checks open new ones on their next query.
+        self.services.postgres.drop_database(DATABASE)
+        self.services.postgres.create_database(DATABASE)
+        self.manage("migrate", "--noinput")
+        password_file = self.dir / "admin_password"
+        if not self.admin_password:
+            self.admin_password = secrets.token_urlsafe(16)
+            password_file.write_text(self.admin_password + "\n")
+            password_file.chmod(0o600)
+        self.manage("bootstrap_admin", "--password-file", str(password_file))
+        self.api_token = self.manage_last_line("api_token", "admin")
+
+    def stop(self) -> None:
+        for name in ("web", "beat", "worker"):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                stop_process(proc, timeout=15)

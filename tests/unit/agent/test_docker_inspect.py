@@ -1,0 +1,61 @@
+"""Reading the Docker engine's inspect answers (no engine needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from agent.replicas import ContainerState
+from agent.runtime.docker import observed_from_inspect, parse_engine_time
+
+LABELS = {
+    "berth.managed": "true",
+    "berth.node": "h1",
+    "berth.namespace": "default",
+    "berth.replica": "a",
+    "berth.deployment": "web",
+    "berth.revision": "r1",
+}
+
+
+def inspect(status, **state):
+    return {
+        "Id": "abc123",
+        "Name": "/default_a",
+        "Config": {"Image": "berth-test/busybox:1", "Labels": LABELS},
+        "State": {
+            "Status": status,
+            "ExitCode": 0,
+            "Error": "",
+            "OOMKilled": False,
+            "StartedAt": "2026-11-22T11:00:00.123456789Z",
+            "FinishedAt": "0001-01-01T00:00:00Z",
+            **state,
+        },
+    }
+
+
+def test_running_container():
+    container = observed_from_inspect(inspect("running"))
+    assert (container.id, container.name, container.state) == ("abc123", "default_a", ContainerState.RUNNING)
+    assert (
+        container.key == ("default", "a") and container.is_owned_by("h1") and not container.is_owned_by("h2")
+    )
+    assert container.exit_code is None and container.finished_at is None
+    assert container.started_at == datetime(2026, 11, 22, 11, 0, 0, 123456, tzinfo=UTC).timestamp()
+
+
+def test_exited_container():
+    container = observed_from_inspect(
+        inspect("exited", ExitCode=137, OOMKilled=True, FinishedAt="2026-11-22T11:00:05Z")
+    )
+    assert (container.exit_code, container.oom_killed) == (137, True)
+    assert container.finished_at == datetime(2026, 11, 22, 11, 0, 5, tzinfo=UTC).timestamp()
+
+
+def test_engine_times():
+    assert parse_engine_time("0001-01-01T00:00:00Z") is None
+    assert parse_engine_time("") is None
+    assert (
+        parse_engine_time("2026-11-22T11:00:00.5+01:00")
+        == datetime(2026, 11, 22, 10, 0, 0, 500000, tzinfo=UTC).timestamp()
+    )

@@ -1,0 +1,19 @@
+"""Reconnection delays: exponential ceiling, full jitter below it, reset after a healthy session."""
+
+from __future__ import annotations
+
+from agent.reconnect import ReconnectDelay
+
+
+def test_ceiling_doubles_up_to_the_cap_and_resets():
+    delay = ReconnectDelay(base=0.5, cap=30.0, rng=lambda: 1.0)
+    assert [round(delay.next(), 3) for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    delay.reset()
+    assert delay.next() == 0.5
+
+
+def test_full_jitter_stays_below_the_ceiling():
+    delay = ReconnectDelay(base=0.5, cap=30.0)
+    for _ in range(200):
+        ceiling = delay.ceiling()
+        assert 0 <= delay.next() <= ceiling

@@ -1,0 +1,176 @@
+"""The session against a real WebSocket server (websockets), with the engine side stubbed.
+
+Checks what the control plane sees: the Bearer header, hello first, status after a desired
+set, heartbeats; and that a refused credential leads to a new enrollment when a join token
+is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+from websockets.asyncio.server import serve
+
+from agent import enroll as enroll_module
+from agent import session as session_module
+from agent.config import load_config
+from agent.credential import Credential, save_credential
+from agent.enroll import Enroller
+from agent.reconnect import ReconnectDelay
+from agent.reporter import StatusReporter
+from agent.runtime import EngineInfo
+from agent.session import Session
+from agent.status import Phase, ReplicaStatus
+
+DESIRED = {
+    "type": "desired",
+    "generation": 3,
+    "replicas": [
+        {
+            "name": "a",
+            "namespace": "default",
+            "deployment": "web",
+            "revision": "r1",
+            "image": "berth-test/busybox:1",
+            "command": ["sleep", "3600"],
+            "env": {},
+            "ports": [],
+            "resources": {"cpu_millis": None, "memory_bytes": None},
+        }
+    ],
+}
+
+
+class StubReconciler:
+    node = "h1"
+    ready = True
+
+    def __init__(self, reporter):
+        self.generation = 0
+        self.desired = None
+        self.reporter = reporter
+
+    def apply_desired(self, generation, replicas):
+        if generation < self.generation:
+            return False
+        self.generation, self.desired = generation, replicas
+        self.reporter.mark_dirty()
+        return True
+
+    def statuses(self):
+        return [ReplicaStatus(r.name, r.namespace, "cid", Phase.RUNNING) for r in self.desired or ()]
+
+
+class StubRuntime:
+    async def engine_info(self):
+        return EngineInfo("20.10.24", 2000, 1 << 30)
+
+
+class ControlPlane:
+    """Accepts one credential; records every frame it receives."""
+
+    def __init__(self, accepted: str):
+        self.accepted = accepted
+        self.frames: list[dict] = []
+        self.headers: list[str | None] = []
+        self.refused = 0
+        self.got_status = asyncio.Event()
+
+    def process_request(self, connection, request):
+        header = request.headers.get("Authorization")
+        self.headers.append(header)
+        if header != f"Bearer {self.accepted}":
+            self.refused += 1
+            return connection.respond(403, "bad credential\n")
+        return None
+
+    async def handler(self, ws):
+        async for message in ws:
+            frame = json.loads(message)
+            self.frames.append(frame)
+            if frame["type"] == "hello":
+                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 0.1}))
+                await ws.send(json.dumps(DESIRED))
+            elif frame["type"] == "status" and frame["generation"] == 3:
+                self.got_status.set()
+
+
+async def run_session(tmp_path, plane: ControlPlane, *, join_token: str | None, until):
+    async with serve(plane.handler, "127.0.0.1", 0, process_request=plane.process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        argv = ["--server", f"http://127.0.0.1:{port}", "--name", "h1", "--state-dir", str(tmp_path)]
+        if join_token:
+            argv += ["--join-token", join_token]
+        config = load_config(argv, environ={})
+        save_credential(tmp_path, Credential(config.server, "h1", "berth_node_old"))
+        reporter = StatusReporter()
+        session = Session(
+            config,
+            Enroller(config),
+            StubReconciler(reporter),
+            reporter,
+            StubRuntime(),
+            EngineInfo("?", 0, 0),
+            delay=ReconnectDelay(base=0.01, cap=0.05),
+        )
+        task = asyncio.create_task(session.run_forever())
+        try:
+            await asyncio.wait_for(until(), timeout=10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def test_hello_desired_status_and_heartbeats(tmp_path):
+    plane = ControlPlane(accepted="berth_node_old")
+
+    async def until():
+        await plane.got_status.wait()
+        while sum(f["type"] == "heartbeat" for f in plane.frames) < 2:
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=until))
+    assert plane.headers[0] == "Bearer berth_node_old"
+    assert plane.frames[0]["type"] == "hello"
+    assert plane.frames[0]["capacity"] == {"cpu": 2000, "memory": 1 << 30}
+    statuses = [f for f in plane.frames if f["type"] == "status" and f["generation"] == 3]
+    assert statuses[0]["full"] is True
+    assert statuses[0]["replicas"][0]["name"] == "a"
+
+
+def test_refused_credential_with_join_token_enrolls_again(tmp_path, monkeypatch):
+    plane = ControlPlane(accepted="berth_node_new")
+    calls = []
+
+    def fake_enroll(server, join_token, name, labels, *, url):
+        calls.append((join_token, name))
+        return Credential(server=server, node=name, credential="berth_node_new")
+
+    monkeypatch.setattr(enroll_module, "enroll", fake_enroll)
+    asyncio.run(run_session(tmp_path, plane, join_token="berth_join_x", until=plane.got_status.wait))
+    assert calls == [("berth_join_x", "h1")]
+    assert plane.headers[:2] == ["Bearer berth_node_old", "Bearer berth_node_new"]
+    assert (tmp_path / "credential.json").read_text().count("berth_node_new") == 1
+
+
+def test_refused_credential_without_join_token_says_what_to_do(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(session_module, "REFUSED_RETRY_SECONDS", 0.05)
+    plane = ControlPlane(accepted="something-else")
+
+    async def until():
+        while plane.refused < 3:
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=until))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "--join-token" in errors[0]
+    assert not any("berth_node_old" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_websockets(caplog):
+    caplog.set_level("INFO")
