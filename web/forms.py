@@ -56,21 +56,30 @@ def parse_ports(text: str) -> list[dict]:
     return ports
 
 
-def deployment_payload(form: dict) -> dict:
-    """The API body for what the form holds; raises FormInputError naming the field."""
-    try:
-        replicas = int(form.get("replicas") or 0)
-    except ValueError:
-        raise FormInputError("replicas", "must be a whole number") from None
-    payload = {
-        "name": (form.get("name") or "").strip(),
-        "image": (form.get("image") or "").strip(),
-        "replicas": replicas,
-        "command": parse_command(form.get("command", "")),
-        "env": parse_env(form.get("env", "")),
-        "ports": parse_ports(form.get("ports", "")),
+def deployment_payload(form: dict) -> tuple[dict, dict[str, list[str]]]:
+    """The API body for what the form holds, and the fields that could not be read
+    (left out of the body, so the API's validation still reports every other problem)."""
+    payload: dict = {"name": (form.get("name") or "").strip(), "image": (form.get("image") or "").strip()}
+    errors: dict[str, list[str]] = {}
+    readers = {
+        "replicas": lambda text: _whole_number("replicas", text),
+        "command": parse_command,
+        "env": parse_env,
+        "ports": parse_ports,
     }
+    for field, read in readers.items():
+        try:
+            payload[field] = read(form.get(field, ""))
+        except FormInputError as exc:
+            errors.setdefault(exc.field, []).append(str(exc))
     resources = {k: form[k].strip() for k in ("cpu", "memory") if (form.get(k) or "").strip()}
     if resources:
         payload["resources"] = resources
-    return payload
+    return payload, errors
+
+
+def _whole_number(field: str, text) -> int:
+    try:
+        return int(str(text or "0").strip())
+    except ValueError:
+        raise FormInputError(field, "must be a whole number") from None

@@ -1,5 +1,7 @@
 """Dashboard pages: server-rendered, then kept live by one WebSocket per page."""
 
+import shlex
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
@@ -10,7 +12,7 @@ from nodes.models import Node
 from orchestrator import services
 from orchestrator.models import Deployment, Namespace, Replica
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
-from web.forms import FormInputError, deployment_payload
+from web.forms import deployment_payload
 
 
 @login_required
@@ -50,25 +52,17 @@ def deployment_create(request):
         namespace = namespaces.filter(name=form.get("namespace")).first()
         if namespace is None:
             errors["namespace"] = ["choose a namespace"]
-        try:
-            payload = deployment_payload(form)
-        except FormInputError as exc:
-            errors.setdefault(exc.field, []).append(str(exc))
-            payload = None
-        if payload is not None and namespace is not None:
-            if Deployment.live.filter(namespace=namespace, name=payload["name"]).exists():
-                errors["name"] = [
-                    f"a deployment named {payload['name']!r} already exists in {namespace.name}"
-                ]
-            else:
-                serializer = DeploymentSerializer(
-                    data=payload, context={"namespace": namespace, "request": request}
-                )
-                if serializer.is_valid():
-                    deployment = serializer.save()
-                    messages.success(request, f"Deployment {deployment.name} created.")
-                    return redirect("deployment-detail", namespace=namespace.name, name=deployment.name)
-                errors.update(_flatten(serializer.errors))
+        payload, form_errors = deployment_payload(form)
+        serializer = DeploymentSerializer(data=payload, context={"namespace": namespace, "request": request})
+        if not serializer.is_valid():
+            errors.update(_flatten(serializer.errors))
+        errors.update(form_errors)  # what could not be read at all says so, not "required"
+        if not errors and Deployment.live.filter(namespace=namespace, name=payload["name"]).exists():
+            errors["name"] = [f"a deployment named {payload['name']!r} already exists in {namespace.name}"]
+        if not errors:
+            deployment = serializer.save()
+            messages.success(request, f"Deployment {deployment.name} created.")
+            return redirect("deployment-detail", namespace=namespace.name, name=deployment.name)
     return render(
         request,
         "deployments/create.html",
@@ -101,10 +95,16 @@ def _flatten(errors) -> dict[str, list[str]]:
 def deployment_detail(request, namespace, name):
     deployment = get_deployment_or_404(namespace, name)
     replicas = deployment.replica_set.select_related("node").order_by("created_at", "name")
+    command_line = shlex.join(deployment.command) if deployment.command else ""
     return render(
         request,
         "deployments/detail.html",
-        {"deployment": deployment, "replicas": replicas, "max_replicas": MAX_REPLICAS},
+        {
+            "deployment": deployment,
+            "replicas": replicas,
+            "command_line": command_line,
+            "max_replicas": MAX_REPLICAS,
+        },
     )
 
 

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from tests.browser.conftest import ARTIFACTS
 from tests.harness.waiting import wait_for
 
 
@@ -67,6 +68,11 @@ def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plan
         "#replicas-table tbody tr td:nth-child(2)", "n => n.map(x => x.textContent)"
     )
     assert sorted(nodes) == ["h1", "h2"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "deployment-detail.png"), full_page=True)
+    page.goto(control_plane.base_url + "/")
+    page.wait_for_selector("body[data-live-state=open]")
+    page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
 
 
 def test_the_form_names_what_is_wrong_and_keeps_what_was_typed(page, control_plane, cluster):

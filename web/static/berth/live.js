@@ -57,7 +57,7 @@
     const conditions = document.getElementById("conditions");
     if (conditions) conditions.replaceChildren(...d.status.conditions.map((c) => el("li", {}, [
       el("b", { text: c.type }), document.createTextNode(" " + c.status + " "),
-      el("span", { class: "muted", text: c.reason + ": " + c.message }),
+      el("span", { class: "muted", text: c.reason + (c.message ? ": " + c.message : "") }),
     ])));
     fillTable("replicas-table", msg.replicas.map((r) => el("tr", { "data-replica": r.name }, [
       td(r.name), td(r.node || "—"), badge(r.phase), td(r.restart_count),
