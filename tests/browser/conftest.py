@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import api, control_plane, e2e_hosts, hosts  # noqa: F401  (shared fixtures)
-
 HERE = Path(__file__).parent
 CHROMIUM = os.environ.get("BERTH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -20,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: run 'make deps' (Debian package chromium)")
