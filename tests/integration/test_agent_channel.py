@@ -1,10 +1,12 @@
 """The agents' WebSocket, through the real ASGI application and the Redis channel layer."""
 
+import asyncio
 import time
 import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
@@ -30,8 +32,17 @@ def enroll(name="h1"):
     return do_enroll_node(join, name, {})
 
 
-def run(coroutine_fn):
-    return async_to_sync(coroutine_fn)()
+async def until_true(condition, timeout=5.0):
+    """Wait for a database condition the consumer's work makes true, with a deadline."""
+    check = database_sync_to_async(condition)
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {condition.__name__}"
+        await asyncio.sleep(0.02)
+
+
+def run(coroutine_fn, *args):
+    return async_to_sync(coroutine_fn)(*args)
 
 
 def communicator(credential):
@@ -123,7 +134,7 @@ def test_status_reports_update_replicas_and_finish_terminations():
             "finished_at": None,
         }
 
-    async def scenario(*frames):
+    async def scenario(done, *frames):
         ws = communicator(credential)
         await ws.connect()
         await ws.send_json_to(HELLO)
@@ -131,16 +142,18 @@ def test_status_reports_update_replicas_and_finish_terminations():
         await ws.receive_json_from(timeout=5)  # desired
         for frame in frames:
             await ws.send_json_to(frame)
-        await ws.send_json_to({"type": "heartbeat"})  # frames are handled in order: this one last
-        await ws.receive_nothing(timeout=0.3)
+        await until_true(done)
         await ws.disconnect()
 
+    def reported_running():
+        return Replica.objects.filter(phase="Running", container_id__startswith="c-").count() == 2
+
     run(
-        lambda: scenario(
-            report(running(first), running(second)),
-            {"type": "status", "replicas": "garbage"},
-            {"type": "nonsense"},
-        )
+        scenario,
+        reported_running,
+        report(running(first), running(second)),
+        {"type": "status", "replicas": "garbage"},
+        {"type": "nonsense"},
     )
     first.refresh_from_db()
     assert first.container_id == "c-" + first.name and first.started_at is not None
@@ -152,7 +165,7 @@ def test_status_reports_update_replicas_and_finish_terminations():
     survivor = Replica.objects.exclude(pk=terminating.pk).get()
     # The agent stopped it: its next full report no longer lists it, so the row goes.
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY)
-    run(lambda: scenario(report(running(survivor), generation=3)))
+    run(scenario, lambda: Replica.objects.count() == 1, report(running(survivor), generation=3))
     assert list(Replica.objects.values_list("name", flat=True)) == [survivor.name]
 
 
