@@ -28,6 +28,8 @@ class Node(models.Model):
     agent_labels = models.JSONField(default=dict, blank=True)  # reported by the agent (--labels)
     user_labels = models.JSONField(default=dict, blank=True)  # set through the API; win on conflict
     unschedulable = models.BooleanField(default=False)  # cordoned
+    taints = models.JSONField(default=list, blank=True)  # [{"key", "value", "effect"}]
+    images = models.JSONField(default=list, blank=True)  # image references the engine has (agent hello)
 
     capacity_cpu = models.PositiveIntegerField(default=0)  # millicores
     capacity_memory = models.PositiveBigIntegerField(default=0)  # bytes
@@ -40,6 +42,10 @@ class Node(models.Model):
     credential_hash = models.CharField(max_length=64, unique=True, null=True, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     session = models.UUIDField(null=True, blank=True)  # the agent connection that is current
+    # Bumped by every placement onto this node and every change to what placement reads
+    # (labels, taints, cordon, reserved room): schedulers commit only against the version
+    # they read, so two of them can never both fill the same room.
+    resource_version = models.PositiveBigIntegerField(default=0)
     generation = models.PositiveBigIntegerField(default=0)  # of the desired set last sent
     observed_generation = models.PositiveBigIntegerField(default=0)  # applied by the agent
 

@@ -53,6 +53,14 @@ class Deployment(models.Model):
     cpu_request = models.PositiveIntegerField(null=True, blank=True)  # millicores
     memory_request = models.PositiveBigIntegerField(null=True, blank=True)  # bytes
     replicas = models.PositiveIntegerField(default=1)
+    # Placement (see orchestrator/scheduling/): none of it is part of a replica's template,
+    # so changing it moves no running replica (as in Kubernetes, until they are replaced).
+    strategy = models.CharField(max_length=16, default="spread")  # spread | binpack
+    node_selector = models.JSONField(default=dict, blank=True)
+    affinity = models.JSONField(default=dict, blank=True)  # {"required": [...], "preferred": [...]}
+    tolerations = models.JSONField(default=list, blank=True)
+    topology_spread = models.JSONField(default=list, blank=True)
+    max_per_node = models.PositiveIntegerField(null=True, blank=True)
     generation = models.PositiveBigIntegerField(default=1)
 
     # --- status (written by the deployment controller) ---

@@ -11,7 +11,21 @@ from django.utils import timezone
 from orchestrator.events import record_event
 from orchestrator.models import Deployment, Namespace
 
-SPEC_FIELDS = ("image", "command", "env", "ports", "cpu_request", "memory_request", "replicas")
+SPEC_FIELDS = (
+    "image",
+    "command",
+    "env",
+    "ports",
+    "cpu_request",
+    "memory_request",
+    "replicas",
+    "strategy",
+    "node_selector",
+    "affinity",
+    "tolerations",
+    "topology_spread",
+    "max_per_node",
+)
 
 
 def _actor_name(actor) -> str:
