@@ -30,20 +30,38 @@ async def run_agent(config: AgentConfig) -> None:
     try:
         engine = await wait_for_engine(runtime, config.docker_host)
         log.info(
-            "engine %s at %s: %d millicores, %d MiB",
+            "engine %s at %s: %d millicores, %d MiB, %d image(s)",
             engine.version,
             config.docker_host,
             engine.cpu_millis,
             engine.memory_bytes >> 20,
+            len(engine.images),
         )
-        reporter = StatusReporter()
-        reconciler = Reconciler(runtime, node, on_change=reporter.mark_dirty)
-        session = Session(config, enroller, reconciler, reporter, runtime, engine)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(reconciler.run(), name="berth-reconciler")
-            group.create_task(session.run_forever(), name="berth-session")
+        await serve_node(config, enroller, runtime, engine, node)
     finally:
         await runtime.close()
+
+
+async def serve_node(
+    config: AgentConfig,
+    enroller: Enroller,
+    runtime: Runtime,
+    engine: EngineInfo,
+    node: str,
+    *,
+    reporter: StatusReporter | None = None,
+) -> None:
+    """Converge `runtime` and keep the session with the control plane, until cancelled.
+
+    The part every agent runs, on a real server or as a hollow node (agent/hollow.py) over
+    a fake runtime. `reporter.run` is called once per welcomed connection.
+    """
+    reporter = reporter or StatusReporter()
+    reconciler = Reconciler(runtime, node, on_change=reporter.mark_dirty)
+    session = Session(config, enroller, reconciler, reporter, runtime, engine)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(reconciler.run(), name="berth-reconciler")
+        group.create_task(session.run_forever(), name="berth-session")
 
 
 async def wait_for_engine(runtime: Runtime, where: str) -> EngineInfo:

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent import __version__
 from agent.replicas import DesiredReplica, PortMapping, Resources
-from agent.runtime import EngineInfo
+from agent.runtime import MAX_IMAGES, EngineInfo
 from agent.status import ReplicaStatus
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
@@ -55,6 +55,7 @@ def hello_frame(engine: EngineInfo, labels: Mapping[str, str]) -> dict[str, Any]
         "engine_version": engine.version,
         "capacity": {"cpu": engine.cpu_millis, "memory": engine.memory_bytes},
         "labels": dict(labels),
+        "images": list(engine.images[:MAX_IMAGES]),
     }
 
 

@@ -1,8 +1,8 @@
 """The seam between the agent and a container engine.
 
 The reconciler only talks to a `Runtime`: the Docker engine runtime (runtime/docker.py)
-on real servers, and later an in-memory fake that lets one process simulate thousands of
-hollow nodes for scale tests. All methods are coroutines so a fake needs no threads; a
+on real servers, and an in-memory fake (runtime/fake.py) that lets one process simulate
+thousands of hollow nodes for scale tests. All methods are coroutines so a fake needs no threads; a
 runtime whose client blocks (Docker's) runs its calls in worker threads itself.
 """
 
@@ -19,11 +19,17 @@ from agent.replicas import DesiredReplica, ObservedContainer
 RESYNC = "resync"
 
 
+# At most this many image references go into `hello` (a build host can hold thousands).
+MAX_IMAGES = 500
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     version: str
     cpu_millis: int
     memory_bytes: int
+    # Image references (repo:tag) the engine holds, for the scheduler's image locality score.
+    images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class Runtime(ABC):
 
     @abstractmethod
     async def engine_info(self) -> EngineInfo:
-        """Version and capacity, for the `hello` frame."""
+        """Version, capacity and the images on hand (at most MAX_IMAGES), for the `hello` frame."""
 
     @abstractmethod
     async def list_owned(self) -> list[ObservedContainer]:

@@ -25,6 +25,7 @@ from docker.utils import parse_repository_tag
 from agent.reconnect import ReconnectDelay
 from agent.replicas import MANAGED_LABEL, NODE_LABEL, ContainerState, DesiredReplica, ObservedContainer
 from agent.runtime import (
+    MAX_IMAGES,
     RESYNC,
     ContainerEvent,
     EngineInfo,
@@ -86,11 +87,12 @@ class DockerRuntime(Runtime):
     # -- Runtime --------------------------------------------------------------------------
 
     async def engine_info(self) -> EngineInfo:
-        info = await self._run(lambda: self._api().info())
+        info, images = await self._run(lambda: (self._api().info(), self._api().images()))
         return EngineInfo(
             version=str(info.get("ServerVersion", "")),
             cpu_millis=int(info.get("NCPU", 0)) * 1000,
             memory_bytes=int(info.get("MemTotal", 0)),
+            images=image_references(images),
         )
 
     async def list_owned(self) -> list[ObservedContainer]:
@@ -322,6 +324,20 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         started_at=parse_engine_time(state.get("StartedAt")),
         finished_at=parse_engine_time(state.get("FinishedAt")),
     )
+
+
+def image_references(summaries: list[dict[str, Any]], limit: int = MAX_IMAGES) -> tuple[str, ...]:
+    """The repo:tag references of the engine's `images` answer, newest image first, at most `limit`.
+
+    Untagged (dangling) images have no reference a deployment could name, so they are left out.
+    """
+    newest_first = sorted(summaries, key=lambda s: int(s.get("Created") or 0), reverse=True)
+    seen: dict[str, None] = {}
+    for summary in newest_first:
+        for tag in summary.get("RepoTags") or ():
+            if isinstance(tag, str) and tag and not tag.startswith("<none>"):
+                seen.setdefault(tag, None)
+    return tuple(seen)[:limit]
 
 
 def parse_engine_time(value: str | None) -> float | None:

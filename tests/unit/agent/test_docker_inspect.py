@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from agent.replicas import ContainerState
-from agent.runtime.docker import observed_from_inspect, parse_engine_time
+from agent.runtime.docker import image_references, observed_from_inspect, parse_engine_time
 
 LABELS = {
     "berth.managed": "true",
@@ -59,3 +59,14 @@ def test_engine_times():
         parse_engine_time("2026-11-22T11:00:00.5+01:00")
         == datetime(2026, 11, 22, 10, 0, 0, 500000, tzinfo=UTC).timestamp()
     )
+
+
+def test_image_references_newest_first_without_dangling_images():
+    images = [
+        {"Id": "sha256:1", "Created": 100, "RepoTags": ["berth-test/busybox:1", "busybox:latest"]},
+        {"Id": "sha256:2", "Created": 300, "RepoTags": ["<none>:<none>"]},
+        {"Id": "sha256:3", "Created": 200, "RepoTags": ["nginx:1.27"]},
+        {"Id": "sha256:4", "Created": 50, "RepoTags": None},
+    ]
+    assert image_references(images) == ("nginx:1.27", "berth-test/busybox:1", "busybox:latest")
+    assert image_references(images, limit=2) == ("nginx:1.27", "berth-test/busybox:1")

@@ -101,13 +101,16 @@ STARTED = datetime(2026, 11, 22, 11, 0, 0, 500000, tzinfo=UTC).timestamp()
 
 
 def test_hello_and_status_frames():
-    hello = hello_frame(EngineInfo("20.10.24", 2000, 25_000_000_000), {"zone": "a"})
+    hello = hello_frame(
+        EngineInfo("20.10.24", 2000, 25_000_000_000, images=("berth-test/busybox:1",)), {"zone": "a"}
+    )
     assert hello == {
         "type": "hello",
         "agent_version": "0.1.0",
         "engine_version": "20.10.24",
         "capacity": {"cpu": 2000, "memory": 25_000_000_000},
         "labels": {"zone": "a"},
+        "images": ["berth-test/busybox:1"],
     }
     status = status_frame(
         7, [ReplicaStatus("web-7k2pq", "default", "ab12", Phase.RUNNING, started_at=STARTED)]
