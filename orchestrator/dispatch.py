@@ -10,46 +10,56 @@ import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 
-from nodes.models import Node
 from orchestrator.models import Replica
 
 log = logging.getLogger(__name__)
 
 
-def desired_set(node_id: int) -> dict | None:
-    """Bump the node's generation and return its desired frame, or None if it is gone."""
+def desired_sets(node_ids) -> list[tuple[int, dict]]:
+    """Bump these nodes' generations and read their desired frames, in one transaction
+    (the UPDATE locks the rows until commit). Vanished nodes are skipped."""
+    ids = sorted(set(node_ids))
     with transaction.atomic():
-        node = Node.objects.select_for_update().filter(pk=node_id).first()
-        if node is None:
-            return None
-        node.generation += 1
-        node.save(update_fields=["generation"])
-        replicas = (
-            Replica.objects.filter(node_id=node_id)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE nodes_node SET generation = generation + 1 WHERE id = ANY(%s) "
+                "RETURNING id, generation",
+                [ids],
+            )
+            generations = dict(cursor.fetchall())
+        replicas: dict[int, list[dict]] = {node_id: [] for node_id in generations}
+        rows = (
+            Replica.objects.filter(node_id__in=list(generations))
             .exclude(phase=Replica.Phase.TERMINATING)
             .select_related("namespace", "deployment")
             .order_by("pk")
         )
-        return {
-            "type": "desired",
-            "generation": node.generation,
-            "replicas": [replica.desired_entry() for replica in replicas],
-        }
+        for replica in rows:
+            replicas[replica.node_id].append(replica.desired_entry())
+    return [
+        (node_id, {"type": "desired", "generation": generations[node_id], "replicas": replicas[node_id]})
+        for node_id in sorted(generations)
+    ]
+
+
+def desired_set(node_id: int) -> dict | None:
+    """One node's desired frame (with a new generation), or None if it is gone."""
+    frames = desired_sets([node_id])
+    return frames[0][1] if frames else None
 
 
 def dispatch_nodes(node_ids) -> None:
     """Publish the current desired set to each of these nodes' agents."""
-    layer = get_channel_layer()
-    for node_id in sorted(set(node_ids)):
-        frame = desired_set(node_id)
-        if frame is None:
-            continue
-        async_to_sync(layer.group_send)(f"node.{node_id}", {"type": "desired.push", "frame": frame})
-        log.info(
-            "dispatched generation %s (%s replicas) to node %s",
-            frame["generation"],
-            len(frame["replicas"]),
-            node_id,
-        )
+    frames = desired_sets(node_ids)
+    if not frames:
+        return
+
+    async def publish():
+        layer = get_channel_layer()
+        for node_id, frame in frames:
+            await layer.group_send(f"node.{node_id}", {"type": "desired.push", "frame": frame})
+
+    async_to_sync(publish)()
+    log.info("dispatched desired sets to %d node(s)", len(frames))

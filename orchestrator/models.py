@@ -162,6 +162,10 @@ class Replica(models.Model):
     # The spec this replica runs, fixed at creation.
     revision = models.CharField(max_length=32)
     template = models.JSONField()
+    # Copied from the template so the scheduler can add up a node's usage in SQL.
+    cpu_request = models.PositiveIntegerField(default=0)  # millicores
+    memory_request = models.PositiveBigIntegerField(default=0)  # bytes
+    host_ports = models.JSONField(default=list, blank=True)  # [[port, protocol], ...]
 
     created_at = models.DateTimeField(default=timezone.now)
     scheduled_at = models.DateTimeField(null=True, blank=True)

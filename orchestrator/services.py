@@ -33,9 +33,9 @@ def _actor_name(actor) -> str:
 
 
 def _enqueue_reconcile(deployment_id: int) -> None:
-    from orchestrator.tasks import reconcile_deployment
+    from orchestrator.tasks import request_reconcile
 
-    transaction.on_commit(lambda: reconcile_deployment.delay(deployment_id))
+    transaction.on_commit(lambda: request_reconcile(deployment_id))
 
 
 def do_create_deployment(namespace: Namespace, spec: dict, actor) -> Deployment:

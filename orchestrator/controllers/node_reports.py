@@ -10,6 +10,7 @@ import logging
 from datetime import datetime
 
 from django.db import transaction
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from nodes.models import Node
@@ -60,13 +61,14 @@ def apply_node_report(node_id: int, report: dict) -> None:
             if fields is not None:
                 reported[(str(entry.get("namespace")), str(entry.get("name")))] = fields
     affected: set[int] = set()
+    now = timezone.now()
     with transaction.atomic():
         replicas = (
             Replica.objects.select_for_update(of=("self",))
             .filter(node_id=node_id)
             .select_related("namespace")
         )
-        gone = []
+        gone, updated, fields = [], [], set()
         for replica in replicas:
             observed = reported.get((replica.namespace.name, replica.name))
             if replica.phase == Replica.Phase.TERMINATING:
@@ -80,10 +82,15 @@ def apply_node_report(node_id: int, report: dict) -> None:
             if changed:
                 for field in changed:
                     setattr(replica, field, observed[field])
-                replica.save(update_fields=[*changed, "updated_at"])
+                replica.updated_at = now  # bulk_update does not touch auto_now fields
+                updated.append(replica)
+                fields.update(changed)
                 affected.add(replica.deployment_id)
+        if updated:
+            Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"])
         if gone:
             Replica.objects.filter(pk__in=gone).delete()
+            transaction.on_commit(place_waiting_replicas)  # their room is free again
         generation = report.get("generation")
         if isinstance(generation, int):
             Node.objects.filter(pk=node_id, observed_generation__lt=generation).update(
@@ -94,8 +101,14 @@ def apply_node_report(node_id: int, report: dict) -> None:
 
 
 def _after_change(deployment_ids: set[int]) -> None:
-    from orchestrator.tasks import reconcile_deployment
+    from orchestrator.tasks import request_reconcile
 
     notify_deployments(deployment_ids)
     for deployment_id in deployment_ids:
-        reconcile_deployment.delay(deployment_id)
+        request_reconcile(deployment_id)
+
+
+def place_waiting_replicas() -> None:
+    from orchestrator.tasks import place_waiting_replicas as place
+
+    place()

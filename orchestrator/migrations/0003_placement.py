@@ -4,40 +4,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('orchestrator', '0002_default_namespace'),
+        ("orchestrator", "0002_default_namespace"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='deployment',
-            name='affinity',
+            model_name="deployment",
+            name="affinity",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='max_per_node',
+            model_name="deployment",
+            name="max_per_node",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='node_selector',
+            model_name="deployment",
+            name="node_selector",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='strategy',
-            field=models.CharField(default='spread', max_length=16),
+            model_name="deployment",
+            name="strategy",
+            field=models.CharField(default="spread", max_length=16),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='tolerations',
+            model_name="deployment",
+            name="tolerations",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='deployment',
-            name='topology_spread',
+            model_name="deployment",
+            name="topology_spread",
             field=models.JSONField(blank=True, default=list),
         ),
     ]

@@ -14,6 +14,12 @@ from orchestrator.models import Deployment, Namespace, Replica
 from orchestrator.names import dns_label_error
 from orchestrator.quantities import QuantityError, format_cpu, format_memory, parse_cpu, parse_memory
 from web.api.fields import StrictFieldsMixin, StrictSerializer
+from web.api.placement import (
+    AffinitySerializer,
+    SpreadSerializer,
+    TolerationSerializer,
+    validate_node_selector,
+)
 
 MAX_REPLICAS = 10_000
 # A Docker image reference: [registry[:port]/]path[:tag][@digest], path in lower case.
@@ -78,6 +84,14 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     ports = PortSerializer(many=True, required=False)
     resources = ResourcesSerializer(required=False, help_text="Requests (and limits): cpu, memory.")
     replicas = serializers.IntegerField(min_value=0, max_value=MAX_REPLICAS, default=1)
+    strategy = serializers.ChoiceField(choices=["spread", "binpack"], default="spread")
+    node_selector = serializers.DictField(
+        child=serializers.CharField(allow_blank=True), required=False, validators=[validate_node_selector]
+    )
+    affinity = AffinitySerializer(required=False)
+    tolerations = TolerationSerializer(many=True, required=False)
+    topology_spread = SpreadSerializer(many=True, required=False)
+    max_per_node = serializers.IntegerField(min_value=1, required=False, allow_null=True)
     status = DeploymentStatusSerializer(source="*", read_only=True)
 
     class Meta:
@@ -91,6 +105,12 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "ports",
             "resources",
             "replicas",
+            "strategy",
+            "node_selector",
+            "affinity",
+            "tolerations",
+            "topology_spread",
+            "max_per_node",
             "generation",
             "created_at",
             "status",
@@ -152,6 +172,12 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
                 attrs["memory_request"] = resources.get("memory")
         if "command" in attrs and not attrs["command"]:
             attrs["command"] = None
+        for field in ("tolerations", "topology_spread"):
+            if field in attrs:
+                attrs[field] = [dict(item) for item in attrs[field]]
+        keys = [c["topology_key"] for c in attrs.get("topology_spread", [])]
+        if len(keys) != len(set(keys)):
+            raise serializers.ValidationError({"topology_spread": ["a topology_key is listed twice"]})
         return attrs
 
     def to_representation(self, instance):
