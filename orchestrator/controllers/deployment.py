@@ -48,7 +48,12 @@ def reconcile_deployment(pk: int) -> float | None:
     now = timezone.now()
     touched_nodes: set[int] = set()
     with transaction.atomic():
-        deployment = Deployment.objects.select_for_update().select_related("namespace").filter(pk=pk).first()
+        deployment = (
+            Deployment.objects.select_for_update(of=("self",))
+            .select_related("namespace")
+            .filter(pk=pk)
+            .first()
+        )
         if deployment is None:
             return None
         rows = {r.name: r for r in deployment.replica_set.select_for_update().order_by("pk")}
