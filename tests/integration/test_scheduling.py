@@ -130,10 +130,8 @@ def make_nodes(count, cpu=1000, memory=2**30, **fields):
 
 
 def deploy(name, replicas, **spec):
-    return services.do_create_deployment(
-        Namespace.objects.get(name="default"), {"name": name, "image": "busybox:1", "replicas": replicas, **spec},
-        None,
-    )  # fmt: skip
+    body = {"name": name, "image": "busybox:1", "replicas": replicas, **spec}
+    return services.do_create_deployment(Namespace.objects.get(name="default"), body, None)
 
 
 def run_concurrently(work, count):

@@ -184,7 +184,8 @@ def test_unplaceable_replicas_say_why_per_node():
     placement = schedule(spec(memory=2 * GI), 2, nodes)
     assert placement.node_ids == [] and placement.unplaced == 2
     assert placement.reason == (
-        "0/4 nodes available: 2 insufficient memory, 1 node not ready, 1 untolerated taint dedicated=gpu:NoSchedule"
+        "0/4 nodes available: 2 insufficient memory, 1 node not ready, "
+        "1 untolerated taint dedicated=gpu:NoSchedule"
     )
 
 
@@ -240,7 +241,7 @@ node_lists = st.lists(
             requested_cpu=min(used, cpu),
             score_cpu=min(used, cpu),
             ready=ready,
-        ),  # fmt: skip
+        ),
         i=st.integers(0, 999),
         cpu=st.sampled_from([500, 1000, 2000, 4000]),
         mem=st.sampled_from([1, 2, 4]),
@@ -258,7 +259,7 @@ specs = st.builds(
         strategy=strategy,
         max_per_node=per_node,
         topology_spread=(SpreadConstraint("zone", skew, hard),) if skew else (),
-    ),  # fmt: skip
+    ),
     cpu=st.sampled_from([0, 100, 250, 1000]),
     mem=st.integers(0, 8),
     strategy=st.sampled_from(["spread", "binpack"]),
