@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import live_state
+from tests.e2e.cluster import clean_up, start_agents
 from tests.harness.controlplane import ControlPlane
 from tests.harness.hosts import HostPool
 
@@ -30,6 +31,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if HERE in Path(item.path).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def cluster(control_plane, hosts, api):
+    """Every host's agent enrolled and Ready; deployments and node settings undone afterwards."""
+    start_agents(control_plane, api, hosts)
+    yield hosts
+    clean_up(api, hosts)
+
+
+@pytest.fixture
+def agents(control_plane, hosts, api):
+    """Start agents yourself: `agents(hosts[:1], labels={"h1": {"disk": "ssd"}})`; cleaned up afterwards."""
+    yield lambda chosen, labels=None: start_agents(control_plane, api, chosen, labels)
+    clean_up(api, hosts)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -6,81 +6,23 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 
+from tests.e2e.cluster import (
+    IMAGE,
+    LABELS,
+    SLEEPER,
+    all_containers,
+    create,
+    node_status,
+    parse_time,
+    replicas_of,
+    running_containers,
+    unique,
+)
 from tests.harness.waiting import wait_for
-
-IMAGE = "berth-test/busybox:1"
-LABELS = ("berth.namespace", "berth.deployment", "berth.replica")
-
-
-@pytest.fixture
-def cluster(control_plane, hosts, api):
-    """Both hosts' agents enrolled and Ready; every deployment removed afterwards."""
-    token = control_plane.new_join_token()
-    for host in hosts:
-        host.start_agent(control_plane.agent_url_for(host), token)
-    wait_for(
-        lambda: all(node_status(api, h.name) == "Ready" for h in hosts),
-        30,
-        lambda: (
-            f"both nodes Ready; nodes: {api.get('/api/v1/nodes/').json()}; "
-            f"agent h1: {hosts[0].agent_output(15)}"
-        ),
-    )
-    yield hosts
-    for deployment in api.get("/api/v1/namespaces/default/deployments/").json()["results"]:
-        api.delete(f"/api/v1/namespaces/default/deployments/{deployment['name']}/")
-
-
-def node_status(api, name):
-    response = api.get(f"/api/v1/nodes/{name}/")
-    return response.json()["status"] if response.status_code == 200 else None
-
-
-def running_containers(hosts, deployment):
-    """{host name: [containers of this deployment running in that host's engine]}"""
-    return {
-        host.name: [
-            c
-            for c in host.berth_containers(all=False)
-            if c.labels.get("berth.deployment") == deployment and c.status == "running"
-        ]
-        for host in hosts
-    }
-
-
-def all_containers(hosts, deployment):
-    return [
-        c for host in hosts for c in host.berth_containers() if c.labels.get("berth.deployment") == deployment
-    ]
-
-
-# A process that stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it, and every
-# stop would wait out the engine's 10 s grace).
-SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-
-
-def create(api, name, replicas, **spec):
-    body = {"name": name, "image": IMAGE, "replicas": replicas, "command": SLEEPER, **spec}
-    response = api.post("/api/v1/namespaces/default/deployments/", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def replicas_of(api, name):
-    return api.get(f"/api/v1/namespaces/default/deployments/{name}/replicas/").json()["results"]
-
-
-def parse_time(text):
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def unique(prefix):
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def test_deploy_scale_delete_on_real_hosts(cluster, api):

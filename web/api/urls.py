@@ -5,13 +5,23 @@ from web.api.deployments import DeploymentViewSet
 from web.api.events import EventViewSet
 from web.api.nodes import EnrollView, HealthView, JoinTokenViewSet, NamespaceViewSet, NodeViewSet
 
-router = SimpleRouter()
+
+class Router(SimpleRouter):
+    """Paths work with and without a trailing slash (`/nodes/h1/cordon` and `.../cordon/`):
+    a POST to the slash-less form would otherwise fail (Django cannot redirect a POST)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trailing_slash = "/?"
+
+
+router = Router()
 router.register("nodes", NodeViewSet, basename="node")
 router.register("join-tokens", JoinTokenViewSet, basename="join-token")
 router.register("namespaces", NamespaceViewSet, basename="namespace")
 router.register("events", EventViewSet, basename="event")
 
-namespaced = SimpleRouter()
+namespaced = Router()
 namespaced.register("deployments", DeploymentViewSet, basename="deployment")
 
 urlpatterns = [
