@@ -31,6 +31,15 @@ def _labels(value) -> dict:
     return {str(k)[:253]: str(v)[:63] for k, v in value.items()}
 
 
+MAX_IMAGES = 500  # as many as the agent sends (agent/protocol.py)
+
+
+def _images(value) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [item[:255] for item in value[:MAX_IMAGES] if isinstance(item, str) and item]
+
+
 def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -> None:
     """Record what the agent reports about its server and mark the node Ready."""
     now = timezone.now()
@@ -42,6 +51,8 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
         node.agent_version = str(hello.get("agent_version", ""))[:64]
         if "labels" in hello:
             node.agent_labels = _labels(hello["labels"])
+        if "images" in hello:
+            node.images = _images(hello["images"])  # for the scheduler's image locality
         node.address = address[:255]
         node.session = session
         node.last_heartbeat = now
@@ -49,7 +60,7 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
         node.save()
         if became_ready:
             record_event(node, "NodeReady", "agent connected", now=now)
-            transaction.on_commit(_place_waiting_replicas)
+            transaction.on_commit(place_waiting_replicas)
         transaction.on_commit(notify_cluster)
 
 
@@ -81,24 +92,23 @@ def mark_node_lost(node: Node, now, reason: str, message: str) -> bool:
     )
     record_event(node, "NodeNotReady", message, warning=True, now=now)
     log.warning("node %s is NotReady: %s", node.name, message)
-    transaction.on_commit(lambda: _reconcile(set(affected)))
+    transaction.on_commit(lambda: reconcile_deployments(set(affected)))
     transaction.on_commit(notify_cluster)
     return True
 
 
-def _reconcile(deployment_ids) -> None:
-    from orchestrator.tasks import reconcile_deployment
+def reconcile_deployments(deployment_ids) -> None:
+    """Ask for a reconcile of each deployment (call after commit; requests for a
+    deployment whose pass is already queued fold into it)."""
+    from orchestrator import tasks
 
     for deployment_id in deployment_ids:
-        reconcile_deployment.delay(deployment_id)
+        tasks.request_reconcile(deployment_id)
 
 
-def _place_waiting_replicas() -> None:
-    """Capacity appeared: deployments with unplaced replicas get another placement pass."""
-    _reconcile(
-        set(
-            Replica.objects.filter(node__isnull=True, phase=Replica.Phase.PENDING).values_list(
-                "deployment_id", flat=True
-            )
-        )
-    )
+def place_waiting_replicas() -> None:
+    """Room may have appeared (a node became Ready, was uncordoned, relabelled, untainted,
+    or reserves less): deployments with unplaced replicas get another placement pass."""
+    from orchestrator import tasks
+
+    tasks.place_waiting_replicas()

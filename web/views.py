@@ -4,15 +4,19 @@ import shlex
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from nodes.models import Node
+from nodes.services import NodeNotRemovable, do_cordon_node, do_delete_node, do_uncordon_node
 from orchestrator import services
-from orchestrator.models import Deployment, Namespace, Replica
+from orchestrator.models import Deployment, Event, Namespace, Replica
+from orchestrator.quantities import format_cpu, format_memory
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
-from web.forms import deployment_payload
+from web.api.nodes import NodeSerializer
+from web.forms import FormInputError, deployment_payload
+from web.node_forms import labels_text, parse_labels, parse_taints, taints_text
 
 
 @login_required
@@ -34,6 +38,139 @@ def overview(request):
 @login_required
 def node_list(request):
     return render(request, "nodes/list.html", {"nodes": Node.objects.all()})
+
+
+def _node_page(request, node: Node, form: dict | None = None, errors: dict | None = None):
+    """The node page; `form` and `errors` carry back what was typed into a form that failed."""
+    labels = [
+        {
+            "key": key,
+            "value": value,
+            "source": "user" if key in node.user_labels else "agent",
+            "overrides": node.agent_labels.get(key) if key in node.user_labels else None,
+        }
+        for key, value in sorted(node.labels.items())
+    ]
+    reserved = {"cpu": format_cpu(node.reserved_cpu), "memory": format_memory(node.reserved_memory)}
+    form = {
+        "labels": labels_text(node.user_labels),
+        "taints": taints_text(node.taints),
+        **reserved,
+        **(form or {}),
+    }
+    replicas = node.replicas.select_related("deployment", "namespace").order_by("namespace__name", "name")
+    events = Event.objects.filter(kind="Node", object_uid=node.uid)[:20]
+    return render(
+        request,
+        "nodes/detail.html",
+        {
+            "node": node,
+            "labels": labels,
+            "reserved": reserved,
+            "replicas": replicas,
+            "events": events,
+            "form": form,
+            "errors": errors or {},
+        },
+        status=400 if errors else 200,
+    )
+
+
+@login_required
+def node_detail(request, name):
+    return _node_page(request, get_object_or_404(Node, name=name))
+
+
+def _save_node(request, node: Node, payload: dict, form: dict, done: str):
+    """Validate `payload` with the API's serializer and apply it through the same service;
+    on errors, the page again with them next to the fields and the input kept."""
+    serializer = NodeSerializer(node, data=payload, partial=True, context={"request": request})
+    if not serializer.is_valid():
+        return _node_page(request, node, form, _flatten(serializer.errors))
+    serializer.save()
+    messages.success(request, done)
+    return redirect("node-detail", name=node.name)
+
+
+@login_required
+@require_POST
+def node_labels(request, name):
+    node = get_object_or_404(Node, name=name)
+    form = {"labels": request.POST.get("labels", "")}
+    try:
+        labels = parse_labels(form["labels"])
+    except FormInputError as exc:
+        return _node_page(request, node, form, {exc.field: [str(exc)]})
+    return _save_node(request, node, {"labels": labels}, form, f"Labels of {name} saved.")
+
+
+@login_required
+@require_POST
+def node_taints(request, name):
+    node = get_object_or_404(Node, name=name)
+    form = {"taints": request.POST.get("taints", "")}
+    try:
+        taints = parse_taints(form["taints"])
+    except FormInputError as exc:
+        return _node_page(request, node, form, {exc.field: [str(exc)]})
+    serializer = NodeSerializer(
+        node, data={"taints": [t for _, t in taints]}, partial=True, context={"request": request}
+    )
+    if not serializer.is_valid():
+        errors = serializer.errors.get("taints")
+        if isinstance(errors, list) and errors and all(isinstance(e, dict) for e in errors):
+            errors = dict(enumerate(errors))  # DRF's older list-shaped errors
+        if isinstance(errors, dict):
+            # Errors per taint, by position: say which line each is about.
+            lines = [
+                f"{taints[int(index)][0]}: {field}: {reason}"
+                for index, problems in sorted(errors.items(), key=lambda item: int(item[0]))
+                for field, reasons in problems.items()
+                for reason in reasons
+            ]
+            return _node_page(request, node, form, {"taints": lines})
+        return _node_page(request, node, form, _flatten(serializer.errors))
+    serializer.save()
+    messages.success(request, f"Taints of {name} saved.")
+    return redirect("node-detail", name=name)
+
+
+@login_required
+@require_POST
+def node_reserved(request, name):
+    node = get_object_or_404(Node, name=name)
+    form = {key: request.POST.get(key, "").strip() for key in ("cpu", "memory")}
+    payload = {"reserved": {key: value or None for key, value in form.items()}}
+    return _save_node(request, node, payload, form, f"Reserved room of {name} saved.")
+
+
+@login_required
+@require_POST
+def node_cordon(request, name):
+    node = do_cordon_node(get_object_or_404(Node, name=name), request.user)
+    messages.success(request, f"{node.name} cordoned: no new replicas will be placed on it.")
+    return redirect("node-detail", name=name)
+
+
+@login_required
+@require_POST
+def node_uncordon(request, name):
+    node = do_uncordon_node(get_object_or_404(Node, name=name), request.user)
+    messages.success(request, f"{node.name} uncordoned: replicas may be placed on it again.")
+    return redirect("node-detail", name=name)
+
+
+@login_required
+@require_POST
+def node_delete(request, name):
+    node = get_object_or_404(Node, name=name)
+    try:
+        do_delete_node(node, request.user)
+    except NodeNotRemovable as exc:
+        messages.error(request, str(exc))
+        return redirect("node-detail", name=name)
+    messages.success(request, f"Node {name} removed; its replicas will be placed elsewhere.")
+    return redirect("node-list")
 
 
 @login_required

@@ -33,12 +33,20 @@
     return n.toFixed(i ? 1 : 0) + " " + units[i];
   }
 
+  const nodeHref = (name) => "/nodes/" + encodeURIComponent(name) + "/";
+  const cordonedBadge = () => el("span", { class: "badge Cordoned", text: "Cordoned", title: "no new replicas are placed here" });
+  const labelCodes = (labels) => Object.entries(labels).flatMap(([k, v]) => [el("code", { text: k + "=" + v }), document.createTextNode(" ")]);
+  const show = (id, visible) => { const n = document.getElementById(id); if (n) n.style.display = visible ? "" : "none"; };
+
   function renderCluster(msg) {
     fillTable("nodes-table", msg.nodes.map((n) => el("tr", { "data-node": n.name }, [
-      td(n.name), el("td", {}, [el("span", { class: "badge " + n.status, text: n.status, title: n.status_message })]),
+      el("td", {}, [el("a", { href: nodeHref(n.name), text: n.name })]),
+      el("td", {}, [el("span", { class: "badge " + n.status, text: n.status, title: n.status_message }),
+        ...(n.unschedulable ? [document.createTextNode(" "), cordonedBadge()] : [])]),
       td(n.capacity.cpu + "m"), td(formatBytes(n.capacity.memory)), td(n.engine_version),
-      td(Object.entries(n.labels).map(([k, v]) => k + "=" + v).join(" ")),
+      el("td", {}, labelCodes(n.labels)),
     ])), "No nodes yet.", 6);
+    if (body.dataset.node) renderNode(msg.nodes.find((n) => n.name === body.dataset.node));
     fillTable("deployments-table", msg.deployments.map((d) => el("tr", { "data-deployment": d.namespace + "/" + d.name }, [
       td(d.namespace),
       el("td", {}, [el("a", { href: "/namespaces/" + encodeURIComponent(d.namespace) + "/deployments/" + encodeURIComponent(d.name) + "/", text: d.name })]),
@@ -48,6 +56,39 @@
     setText("[data-count=nodes-ready]", msg.nodes.filter((n) => n.status === "Ready").length);
     setText("[data-count=deployments]", msg.deployments.length);
     setText("[data-count=replicas-ready]", msg.deployments.reduce((a, d) => a + d.ready_replicas, 0));
+  }
+
+  // The node page (body[data-node]) listens to the cluster snapshot and redraws the node's
+  // state; the forms are left alone so that nothing being typed is lost.
+  function renderNode(n) {
+    if (!n) { location.href = "/nodes/"; return; }  // removed
+    const status = document.getElementById("node-status");
+    if (status) { status.className = "badge " + n.status; status.textContent = n.status; status.title = n.status_message; }
+    setText("#node-status-reason", n.status_reason || "—");
+    setText("#node-status-message", n.status_message);
+    setText("#node-scheduling", n.unschedulable ? "cordoned: no new replicas are placed here" : "replicas may be placed here");
+    show("node-cordoned", n.unschedulable);
+    show("cordon-form", !n.unschedulable);
+    show("uncordon-form", n.unschedulable);
+    show("delete-form", n.status !== "Ready");
+    if (n.last_heartbeat) setText("#node-heartbeat", new Date(n.last_heartbeat).toLocaleString());
+    const rows = { capacity: [n.capacity.cpu, n.capacity.memory], allocatable: [n.allocatable.cpu, n.allocatable.memory] };
+    for (const [row, [cpu, memory]] of Object.entries(rows)) {
+      const cells = document.querySelectorAll("#node-resources tr[data-row=" + row + "] td");
+      if (cells.length === 3) { cells[1].textContent = cpu + "m"; cells[2].textContent = formatBytes(memory); }
+    }
+    const reserved = document.querySelectorAll("#node-resources tr[data-row=reserved] td");
+    if (reserved.length === 3) { reserved[1].textContent = n.reserved.cpu; reserved[2].textContent = n.reserved.memory; }
+    fillTable("node-labels", Object.keys(n.labels).sort().map((k) => {
+      const user = Object.prototype.hasOwnProperty.call(n.user_labels, k);
+      const agent = Object.prototype.hasOwnProperty.call(n.agent_labels, k);
+      const from = user ? "user" + (agent ? " (agent said " + (n.agent_labels[k] || '""') + ")" : "") : "agent";
+      return el("tr", { "data-label": k }, [el("td", {}, [el("code", { text: k })]), el("td", {}, [el("code", { text: n.labels[k] })]), td(from, { class: "muted" })]);
+    }), "No labels.", 3);
+    const taints = document.getElementById("node-taints");
+    if (taints) taints.replaceChildren(...(n.taints.length
+      ? n.taints.map((t) => el("li", {}, [el("code", { text: t.key + (t.value ? "=" + t.value : "") + ":" + t.effect })]))
+      : [el("li", { class: "muted", text: "No taints." })]));
   }
 
   function renderDeployment(msg) {
