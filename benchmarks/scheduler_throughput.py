@@ -1,0 +1,577 @@
+"""Scheduler throughput: how fast the control plane places and starts replicas on many nodes.
+
+Starts what it needs itself: a private PostgreSQL and Redis, the control plane (uvicorn,
+Celery worker(s), beat) through the test harness, and N hollow nodes in one subprocess
+(`python -m agent.hollow`: real agent sessions over an in-memory engine). Once the N nodes
+are Ready (some tainted through the API), it creates deployments through REST totalling R
+replicas, a mix of the placement rules in docs/scheduling.md, and measures in PostgreSQL:
+
+- placements_per_s: R / (time from the first POST until every replica has a node_id);
+- all_running_s: time from the first POST until every replica's phase is Running.
+
+Progress on stderr; one JSON object on stdout. Stops by itself (bounded waits) and tears
+everything down.
+
+    .venv/bin/python benchmarks/scheduler_throughput.py [--nodes 5000] [--replicas 10000]
+        [--workers 1] [--concurrency 2] [--heartbeat 2] [--grace 10] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.hollow import BASE_IMAGE, IMAGE_POOL
+from devtools.services import die_with_parent, stop_process, tail
+from tests.harness.controlplane import DATABASE, ControlPlane
+from tests.harness.hosts import REPO, child_env
+from tests.harness.plugin import start_services
+
+NAMESPACE = "default"
+PREFIX = "bench-"
+COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+TAINT_GPU = {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+TAINT_SPOT = {"key": "spot", "value": "true", "effect": "PreferNoSchedule"}
+PLACEMENT_FIELDS = ("strategy", "node_selector", "affinity", "tolerations", "topology_spread", "max_per_node")
+
+# The deployment mix: name -> spec fields (docs/scheduling.md). Cycled over the deployments.
+KINDS: list[tuple[str, dict[str, Any]]] = [
+    ("plain", {"resources": {"cpu": "100m", "memory": "64Mi"}}),
+    (
+        "web",
+        {
+            "resources": {"cpu": "250m", "memory": "256Mi"},
+            "affinity": {"required": [{"key": "tier", "operator": "In", "values": ["web", "general"]}]},
+            "topology_spread": [
+                {"topology_key": "zone", "max_skew": 1, "when_unsatisfiable": "DoNotSchedule"}
+            ],
+        },
+    ),
+    (
+        "batch",
+        {
+            "resources": {"cpu": "500m", "memory": "512Mi"},
+            "strategy": "binpack",
+            "node_selector": {"tier": "batch"},
+        },
+    ),
+    (
+        "cache",
+        {"resources": {"cpu": "100m", "memory": "1Gi"}, "node_selector": {"disk": "ssd"}, "max_per_node": 2},
+    ),
+    (
+        "zonal",
+        {
+            "resources": {"cpu": "200m", "memory": "128Mi"},
+            "affinity": {
+                "required": [{"key": "zone", "operator": "In", "values": ["a", "b"]}],
+                "preferred": [{"weight": 50, "match": {"key": "zone", "operator": "In", "values": ["a"]}}],
+            },
+        },
+    ),
+    (
+        "gpu",
+        {
+            "resources": {"cpu": "1", "memory": "2Gi"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+            ],
+        },
+    ),
+    (
+        "spot",
+        {
+            "resources": {"cpu": "150m", "memory": "96Mi"},
+            "tolerations": [{"key": "spot", "operator": "Exists", "effect": "PreferNoSchedule"}],
+            "topology_spread": [
+                {"topology_key": "zone", "max_skew": 2, "when_unsatisfiable": "ScheduleAnyway"}
+            ],
+        },
+    ),
+]
+
+
+def log(message: str) -> None:
+    print(f"[scheduler_throughput] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+class BenchControlPlane(ControlPlane):
+    """The harness's control plane, on 127.0.0.1 only, with a configurable number of workers."""
+
+    def __init__(self, services, *, workers: int, concurrency: int, heartbeat: float, grace: float) -> None:
+        super().__init__(services)
+        self.workers = workers
+        self.concurrency = concurrency
+        self.env.update(BERTH_AGENT_HEARTBEAT_SECONDS=f"{heartbeat:g}", BERTH_NODE_GRACE_SECONDS=f"{grace:g}")
+        self.PROCESSES = ("web", "beat", *(self.worker_name(i) for i in range(workers)))
+
+    @staticmethod
+    def worker_name(index: int) -> str:
+        return "worker" if index == 0 else f"worker{index + 1}"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        if name == "web":
+            argv = ["127.0.0.1" if arg == "0.0.0.0" else arg for arg in argv]
+        if name == "worker":
+            argv = [
+                str(self.concurrency) if prev == "--concurrency" else arg
+                for prev, arg in zip(["", *argv[:-1]], argv, strict=True)
+            ]
+        super()._spawn(name, argv)
+
+    def start(self, timeout: float = 120.0) -> BenchControlPlane:
+        super().start(timeout)
+        for index in range(1, self.workers):
+            name = self.worker_name(index)
+            self._spawn(name, [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "info",
+                               "--concurrency", str(self.concurrency), "-Q", "celery",
+                               "-n", f"{name}@%h"])  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        for index in range(1, self.workers):
+            stop_process(self.procs.pop(self.worker_name(index), None), timeout=15)
+        super().stop()
+
+
+def start_hollow(
+    plane: ControlPlane, args: argparse.Namespace, token: str, state_dir: Path
+) -> subprocess.Popen:
+    log_path = plane.dir / "hollow.log"
+    argv = [sys.executable, "-m", "agent.hollow", "--server", plane.base_url, "--join-token", token,
+            "--count", str(args.nodes), "--seed", str(args.seed), "--connect-rate", str(args.connect_rate),
+            "--state-dir", str(state_dir), "--progress-interval", "5"]  # fmt: skip
+    with open(log_path, "ab") as output:
+        return subprocess.Popen(
+            argv, cwd=REPO, env=child_env(plane.services.session), stdin=subprocess.DEVNULL,
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent(),
+        )  # fmt: skip
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status, in bytes (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pids(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    todo.extend(int(c) for c in children.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_seconds(root: int | None) -> float:
+    """CPU time used by a process, its live descendants and its reaped children."""
+    if root is None:
+        return 0.0
+    ticks = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# --- profiling -------------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy sampling the web process and the workers (with their pool children)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+
+    def available(self) -> bool:
+        return Path(self.binary).exists()
+
+    def start(self, targets: dict[str, int]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, pid in targets.items():
+            raw = self.out_dir / f"{name}.txt"
+            self.procs[name] = subprocess.Popen(
+                [self.binary, "record", "--pid", str(pid), "--subprocesses", "--rate", "50", "--nonblocking",
+                 "--format", "raw", "--output", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=open(self.out_dir / f"{name}.log", "wb"),
+                preexec_fn=die_with_parent(),
+            )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        summary = {}
+        for name, proc in self.procs.items():
+            stop_process(proc, sig=signal.SIGINT, timeout=30)
+            summary[name] = summarise_profile(self.out_dir / f"{name}.txt")
+        self.procs.clear()
+        return summary
+
+
+def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
+    """Top functions by own samples, and top project functions by samples spent inside them."""
+    own: Counter[str] = Counter()
+    inside: Counter[str] = Counter()
+    total = 0
+    try:
+        lines = raw.read_text().splitlines()
+    except OSError as exc:
+        return {"error": str(exc)}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f for f in stack.split(";") if not f.startswith("process ")]
+        if not frames:
+            continue
+        own[_short(frames[-1])] += count
+        for frame in set(frames):
+            if any(part in frame for part in ("orchestrator/", "nodes/", "web/")):
+                inside[_short(frame)] += count
+    pct = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
+    return {
+        "samples": total,
+        "raw": str(raw),
+        "top_own_pct": [[name, pct(n)] for name, n in own.most_common(top)],
+        "top_project_inclusive_pct": [[name, pct(n)] for name, n in inside.most_common(top)],
+    }
+
+
+def _short(frame: str) -> str:
+    # py-spy frames look like "function (path/to/file.py:123)": keep the function and short path.
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where.rsplit(':', 1)[0]})"
+
+
+# --- the workload ---------------------------------------------------------------------------------
+
+
+def deployment_sizes(replicas: int, seed: int) -> list[int]:
+    """Deployment sizes adding up to `replicas`: a long tail (many small, a few big), about 50 each."""
+    count = max(min(len(KINDS), replicas), min(replicas // 50, 1000))
+    rng = random.Random(seed)
+    weights = [rng.paretovariate(1.2) for _ in range(count)]
+    total = sum(weights)
+    sizes = [max(1, int(replicas * w / total)) for w in weights]
+    while sum(sizes) > replicas:
+        sizes[sizes.index(max(sizes))] -= 1
+    sizes[sizes.index(max(sizes))] += replicas - sum(sizes)
+    return sizes
+
+
+def deployment_bodies(replicas: int, seed: int, dropped: set[str]) -> list[dict[str, Any]]:
+    bodies = []
+    for i, size in enumerate(deployment_sizes(replicas, seed)):
+        kind, spec = KINDS[i % len(KINDS)]
+        image = BASE_IMAGE if i % 3 == 0 else IMAGE_POOL[i % len(IMAGE_POOL)]
+        body = {"name": f"{PREFIX}{i:04d}-{kind}", "image": image, "command": COMMAND, "replicas": size}
+        body.update({k: v for k, v in spec.items() if k not in dropped})
+        bodies.append(body)
+    return bodies
+
+
+def accepted_fields(plane: ControlPlane) -> tuple[set[str], dict[str, Any]]:
+    """Which placement fields the API takes: POST a 0-replica probe with all of them, drop what it refuses."""
+    dropped: set[str] = set()
+    refused: dict[str, Any] = {}
+    url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
+    spec: dict[str, Any] = {}
+    for _, kind_spec in KINDS:
+        spec.update(kind_spec)
+    for _ in range(len(PLACEMENT_FIELDS) + 1):
+        body = {"name": "probe", "image": BASE_IMAGE, "replicas": 0}
+        body.update({k: v for k, v in spec.items() if k not in dropped})
+        response = plane.api.post(url, json=body)
+        if response.status_code == 201:
+            plane.api.delete(f"{url}probe/").raise_for_status()
+            return dropped, refused
+        errors = response.json() if response.status_code == 400 else {}
+        bad = {key for key in errors if key in spec and key not in dropped}
+        if not bad:
+            raise RuntimeError(
+                f"the probe deployment was refused: HTTP {response.status_code} {response.text[:500]}"
+            )
+        for key in bad:
+            refused[key] = errors[key]
+        dropped |= bad
+    raise RuntimeError("the probe deployment kept being refused")
+
+
+def apply_taints(plane: ControlPlane, names: list[str]) -> dict[str, Any]:
+    """Taint every 20th node dedicated=gpu:NoSchedule and every 25th spot=true:PreferNoSchedule."""
+    plan = {}
+    for i, name in enumerate(names):
+        taints = ([TAINT_GPU] if i % 20 == 7 else []) + ([TAINT_SPOT] if i % 25 == 3 else [])
+        if taints:
+            plan[name] = taints
+    done = 0
+    for name, taints in plan.items():
+        response = plane.api.patch(f"/api/v1/nodes/{name}/", json={"taints": taints})
+        if response.status_code in (404, 405) or (response.status_code == 400 and "taints" in response.text):
+            note = (
+                f"PATCH /api/v1/nodes/{{name}}/ taints not available (HTTP {response.status_code}); no taints"
+            )
+            log(note)
+            return {"tainted_nodes": 0, "taints_note": note}
+        response.raise_for_status()
+        done += 1
+    return {"tainted_nodes": done}
+
+
+# --- measuring -------------------------------------------------------------------------------------
+
+COUNTS = f"""
+SELECT count(*) FILTER (WHERE r.node_id IS NOT NULL), count(*) FILTER (WHERE r.phase = 'Running')
+FROM orchestrator_replica r JOIN orchestrator_deployment d ON d.id = r.deployment_id
+WHERE d.name LIKE '{PREFIX}%' AND d.deleted_at IS NULL AND r.phase <> 'Terminating'
+"""
+PENDING_REASONS = f"""
+SELECT r.message, count(*)
+FROM orchestrator_replica r JOIN orchestrator_deployment d ON d.id = r.deployment_id
+WHERE d.name LIKE '{PREFIX}%' AND d.deleted_at IS NULL AND r.node_id IS NULL AND r.phase <> 'Terminating'
+GROUP BY r.message ORDER BY count(*) DESC LIMIT 3
+"""
+
+NODE_EVENTS = "SELECT reason, sum(count)::int FROM orchestrator_event WHERE kind = 'Node' GROUP BY reason"
+NOT_READY = "SELECT status_reason, count(*) FROM nodes_node WHERE status = 'NotReady' GROUP BY status_reason"
+
+
+def ready_nodes(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) FROM nodes_node WHERE status = 'Ready'").fetchone()[0]
+
+
+def wait_nodes_ready(db, hollow, plane, nodes: int, timeout: float) -> tuple[float | None, int]:
+    """Seconds until `nodes` nodes are Ready (None if not within `timeout`), and how many are."""
+    started = time.monotonic()
+    last_log = 0.0
+    while True:
+        ready = ready_nodes(db)
+        now = time.monotonic()
+        if ready >= nodes:
+            return now - started, ready
+        if hollow.poll() is not None:
+            raise RuntimeError(
+                f"the hollow nodes exited ({hollow.returncode}):\n{tail(plane.dir / 'hollow.log')}"
+            )
+        plane.check_alive()
+        if now - started > timeout:
+            log(f"only {ready}/{nodes} nodes Ready after {timeout:g} s; going on with those")
+            return None, ready
+        if now - last_log >= 5:
+            log(f"{ready}/{nodes} nodes Ready ({now - started:.0f} s)")
+            last_log = now
+        time.sleep(0.5)
+
+
+def hollow_progress(plane: ControlPlane) -> str:
+    """The hollow process's last progress line."""
+    lines = [line for line in tail(plane.dir / "hollow.log", 400).splitlines() if line.startswith("hollow: ")]
+    return lines[-1].removeprefix("hollow: ") if lines else ""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=5000)
+    parser.add_argument("--replicas", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--connect-rate", type=float, default=200.0, help="hollow nodes started per second")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes per Celery worker")
+    parser.add_argument("--heartbeat", type=float, default=2.0, help="agents' heartbeat interval (s)")
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="NotReady after this long without heartbeat"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="bound of each wait (s)")
+    parser.add_argument("--stall", type=float, default=120.0, help="give up when nothing moves this long (s)")
+    parser.add_argument("--no-taints", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="sample web and workers with py-spy")
+    parser.add_argument("--profile-dir", default=str(REPO / "test-artifacts" / "scheduler-profile"))
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` tears everything down
+    result: dict[str, Any] = {"nodes": args.nodes, "replicas": args.replicas}
+    log("starting PostgreSQL and Redis")
+    services = start_services()
+    plane = BenchControlPlane(
+        services,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+    )
+    hollow: subprocess.Popen | None = None
+    profiler: Profiler | None = None
+    try:
+        log(f"starting the control plane ({args.workers} worker process(es) x {args.concurrency})")
+        plane.start()
+        token = plane.new_join_token()
+        db = psycopg.connect(services.database_url(DATABASE), autocommit=True)
+
+        log(f"starting {args.nodes} hollow nodes at {args.connect_rate:g}/s")
+        hollow = start_hollow(plane, args, token, services.root / "hollow-state")
+        ready_s, ready = wait_nodes_ready(db, hollow, plane, args.nodes, args.timeout)
+        result["nodes_ready_s"] = round(ready_s, 1) if ready_s is not None else None
+        if ready_s is None:
+            result["nodes_ready_at_timeout"] = ready
+        result["hollow_rss_mib"] = round(proc_status(hollow.pid, "VmRSS") / 2**20, 1)
+        result["hollow_rss_kib_per_node"] = round(proc_status(hollow.pid, "VmRSS") / 1024 / args.nodes, 1)
+        log(f"{ready}/{args.nodes} nodes Ready after {result['nodes_ready_s']} s")
+
+        names = [row[0] for row in db.execute("SELECT name FROM nodes_node ORDER BY name")]
+        result.update({"tainted_nodes": 0} if args.no_taints else apply_taints(plane, names))
+        dropped, refused = accepted_fields(plane)
+        if dropped:
+            log(f"the API refuses {sorted(dropped)}: benchmarking without them ({refused})")
+            result["fields_refused"] = refused
+        bodies = deployment_bodies(args.replicas, args.seed, dropped)
+        result["deployments"] = len(bodies)
+        result["mix"] = dict(Counter(b["name"].rsplit("-", 1)[1] for b in bodies))
+
+        processes = {
+            "web": plane.procs["web"].pid,
+            "beat": plane.procs["beat"].pid,
+            "hollow": hollow.pid,
+            "postgres": services.postgres.proc.pid,
+            "redis": services.redis.pid,
+        }
+        for i in range(args.workers):
+            processes[plane.worker_name(i)] = plane.procs[plane.worker_name(i)].pid
+        if args.profile:
+            profiler = Profiler(Path(args.profile_dir))
+            if profiler.available():
+                profiler.start({k: v for k, v in processes.items() if k == "web" or k.startswith("worker")})
+                time.sleep(1)  # py-spy attaches
+            else:
+                log(f"--profile: py-spy not found at {profiler.binary}; pip install py-spy")
+                profiler = None
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+
+        log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
+        url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
+        started = time.monotonic()
+        for body in bodies:
+            response = plane.api.post(url, json=body)
+            if response.status_code != 201:
+                raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
+        result["post_s"] = round(time.monotonic() - started, 2)
+        log(f"posted in {result['post_s']} s; waiting for placements")
+
+        placed_s = running_s = None
+        last_change, last_seen, last_log = started, (-1, -1), 0.0
+        while True:
+            placed, running = db.execute(COUNTS).fetchone()
+            now = time.monotonic()
+            if placed_s is None and placed >= args.replicas:
+                placed_s = now - started
+                log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
+            if running >= args.replicas:
+                running_s = now - started
+                log(f"all {args.replicas} replicas Running in {running_s:.1f} s")
+                break
+            if (placed, running) != last_seen:
+                last_change, last_seen = now, (placed, running)
+            if now - last_change > args.stall or now - started > args.timeout:
+                log(f"giving up: {placed} placed, {running} Running after {now - started:.0f} s")
+                break
+            if now - last_log >= 5:
+                log(f"{placed} placed, {running} Running ({now - started:.0f} s)")
+                last_log = now
+            plane.check_alive()
+            time.sleep(0.1)
+        window = time.monotonic() - started
+
+        result["placements_per_s"] = round(args.replicas / placed_s, 1) if placed_s else None
+        result["all_placed_s"] = round(placed_s, 2) if placed_s else None
+        result["all_running_s"] = round(running_s, 2) if running_s else None
+        placed, running = db.execute(COUNTS).fetchone()
+        if placed < args.replicas:
+            result["placed"] = placed
+            result["pending"] = args.replicas - placed
+            result["pending_reasons_top3"] = [[m, n] for m, n in db.execute(PENDING_REASONS)]
+        if running < args.replicas:
+            result["running"] = running
+        result["cpu_s"] = {
+            name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()
+        }
+        result["cpu_window_s"] = round(window, 1)
+        result["hollow_rss_end_mib"] = round(proc_status(hollow.pid, "VmRSS") / 2**20, 1)
+        result["nodes_ready_end"] = ready_nodes(db)
+        result["hollow_end"] = hollow_progress(plane)
+        result["node_events"] = dict(db.execute(NODE_EVENTS).fetchall())
+        not_ready = dict(db.execute(NOT_READY).fetchall())
+        if not_ready:
+            result["nodes_not_ready_end"] = not_ready
+        result["setup"] = {
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "heartbeat_s": args.heartbeat,
+            "grace_s": args.grace,
+            "connect_rate": args.connect_rate,
+            "cores": os.cpu_count(),
+        }
+        if profiler is not None:
+            result["profile"] = profiler.stop()
+            profiler = None
+    except Exception as exc:
+        # Still one JSON object, with what was measured before it broke.
+        result["error"] = f"{type(exc).__name__}: {exc}"[:3000]
+        exit_code = 1
+    else:
+        exit_code = 0
+    finally:
+        log("tearing down")
+        if profiler is not None:
+            profiler.stop()
+        if hollow is not None:
+            stop_process(hollow, timeout=20)
+        plane.stop()
+        services.stop()
+    print(json.dumps(result))
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()
