@@ -62,7 +62,8 @@ def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plan
         timeout=20_000,
     )
     assert page.evaluate("window.__berthNoReload") is True
-    assert page.text_content("#ready-count") == "2"
+    # The ready count is the deployment's status, written by the controller just after the phases.
+    page.wait_for_function("() => document.querySelector('#ready-count').textContent === '2'", timeout=10_000)
     assert page.get_attribute("body", "data-live-state") == "open"
     nodes = page.eval_on_selector_all(
         "#replicas-table tbody tr td:nth-child(2)", "n => n.map(x => x.textContent)"

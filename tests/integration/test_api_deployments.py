@@ -120,6 +120,22 @@ def test_patch_cannot_rename_and_rejects_bad_values_without_changing_anything(ap
     assert (deployment.replicas, deployment.cpu_request, deployment.generation) == (2, 250, 1)
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"ports": [{"host": 8080}]}, "ports"),
+        ({"tolerations": [{"value": "x"}]}, "tolerations"),
+        ({"topology_spread": [{"max_skew": 2}]}, "topology_spread"),
+        ({"affinity": {"preferred": [{"weight": 5}]}}, "affinity"),
+    ],
+)
+def test_patch_with_incomplete_items_is_400_not_500(api, change, field):
+    api.post(URL, GOOD, format="json")
+    response = api.patch(URL + "web/", change, format="json")
+    assert response.status_code == 400, response.content
+    assert "required" in str(response.json()[field])
+
+
 def test_patching_one_resource_keeps_the_other(api):
     api.post(URL, GOOD, format="json")
     body = api.patch(URL + "web/", {"resources": {"cpu": "1"}}, format="json").json()

@@ -1,6 +1,7 @@
 """Serializer building blocks shared by the API resources."""
 
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 
 class StrictFieldsMixin:
@@ -13,6 +14,12 @@ class StrictFieldsMixin:
             writable = {name for name, field in self.fields.items() if not field.read_only}
             for name in sorted(set(data) - writable):
                 errors[name] = [f"unknown field; expected one of: {', '.join(sorted(writable))}"]
+            if self.parent is not None:
+                # A PATCH makes DRF treat nested items as partial too; an item inside a list
+                # (a port, a toleration) is always whole, so its required fields still apply.
+                for name, field in self.fields.items():
+                    if field.required and not field.read_only and name not in data:
+                        errors[name] = ["This field is required."]
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:
@@ -21,6 +28,13 @@ class StrictFieldsMixin:
             raise serializers.ValidationError({**exc.detail, **errors}) from None
         if errors:
             raise serializers.ValidationError(errors)
+        if self.parent is not None:
+            # ...and so are its defaults, which DRF skips under a partial root.
+            for name, field in self.fields.items():
+                if name not in value and not field.read_only and field.default is not empty:
+                    # Not field.get_default(): under a partial root it skips the whole item.
+                    default = field.default
+                    value[field.source] = default() if callable(default) else default
         return value
 
 
