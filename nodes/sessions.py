@@ -45,6 +45,7 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
     now = timezone.now()
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node_id)
+        placement_reads = (node.capacity_cpu, node.capacity_memory, node.agent_labels, node.status)
         node.capacity_cpu = _int(hello.get("capacity", {}).get("cpu"), node.capacity_cpu)
         node.capacity_memory = _int(hello.get("capacity", {}).get("memory"), node.capacity_memory)
         node.engine_version = str(hello.get("engine_version", ""))[:64]
@@ -57,6 +58,8 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
         node.session = session
         node.last_heartbeat = now
         became_ready = node.mark_ready(now)
+        if placement_reads != (node.capacity_cpu, node.capacity_memory, node.agent_labels, node.status):
+            node.resource_version += 1  # a scheduler that read the old values must re-plan
         node.save()
         if became_ready:
             record_event(node, "NodeReady", "agent connected", now=now)
@@ -81,7 +84,10 @@ def mark_node_lost(node: Node, now, reason: str, message: str) -> bool:
     transaction holding the node row."""
     if not node.mark_not_ready(now, reason, message):
         return False
-    node.save(update_fields=["status", "status_reason", "status_message", "status_changed_at"])
+    node.resource_version += 1  # schedulers that read it Ready must re-plan
+    node.save(
+        update_fields=["status", "status_reason", "status_message", "status_changed_at", "resource_version"]
+    )
     affected = list(
         Replica.objects.filter(node=node, phase__in=Replica.REPORTABLE).values_list(
             "deployment_id", flat=True
