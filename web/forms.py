@@ -72,6 +72,17 @@ def deployment_payload(form: dict) -> tuple[dict, dict[str, list[str]]]:
             payload[field] = read(form.get(field, ""))
         except FormInputError as exc:
             errors.setdefault(exc.field, []).append(str(exc))
+    try:
+        payload["node_selector"] = parse_env(form.get("node_selector", ""))
+    except FormInputError as exc:
+        errors.setdefault("node_selector", []).append(str(exc).replace("NAME=value", "key=value"))
+    if form.get("strategy"):
+        payload["strategy"] = form["strategy"]
+    if (form.get("max_per_node") or "").strip():
+        try:
+            payload["max_per_node"] = _whole_number("max_per_node", form["max_per_node"])
+        except FormInputError as exc:
+            errors.setdefault(exc.field, []).append(str(exc))
     resources = {k: form[k].strip() for k in ("cpu", "memory") if (form.get(k) or "").strip()}
     if resources:
         payload["resources"] = resources

@@ -240,6 +240,8 @@ def deployment_detail(request, namespace, name):
             "deployment": deployment,
             "replicas": replicas,
             "command_line": command_line,
+            "cpu": format_cpu(deployment.cpu_request),
+            "memory": format_memory(deployment.memory_request),
             "max_replicas": MAX_REPLICAS,
         },
     )

@@ -63,6 +63,7 @@ def _recover(beats: dict, now: datetime, grace: timedelta) -> None:
             continue
         node.last_heartbeat = beat
         node.mark_ready(now)
+        node.resource_version += 1  # placement reads readiness
         node.save()
         record_event(node, "NodeReady", "heartbeats resumed", now=now)
         transaction.on_commit(lambda node_id=node.pk: dispatch_nodes([node_id]))

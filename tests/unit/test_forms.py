@@ -24,6 +24,7 @@ def test_form_becomes_an_api_payload():
         "env": {"A": "1", "B": "x=y"},
         "ports": [{"container": 80, "host": 8080, "protocol": "tcp"}, {"container": 53, "protocol": "udp"}],
         "resources": {"cpu": "250m"},
+        "node_selector": {},
     }
     assert errors == {}
 
@@ -48,4 +49,16 @@ def test_every_unreadable_field_is_reported_and_left_out():
     )
     assert set(errors) == {"replicas", "command", "ports"}
     assert "split" in errors["command"][0]
-    assert payload == {"name": "a", "image": "b", "env": {"A": "1"}}
+    assert payload == {"name": "a", "image": "b", "env": {"A": "1"}, "node_selector": {}}
+
+
+def test_placement_fields_from_the_form():
+    payload, errors = deployment_payload(
+        {"name": "a", "image": "b", "replicas": "1", "strategy": "binpack", "max_per_node": "2",
+         "node_selector": "disk=ssd\nzone=a"}
+    )  # fmt: skip
+    assert errors == {}
+    assert payload["strategy"] == "binpack" and payload["max_per_node"] == 2
+    assert payload["node_selector"] == {"disk": "ssd", "zone": "a"}
+    _, errors = deployment_payload({"name": "a", "image": "b", "node_selector": "ssd", "max_per_node": "x"})
+    assert set(errors) == {"node_selector", "max_per_node"} and "key=value" in errors["node_selector"][0]
