@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('nodes', '0001_initial'),
+        ("nodes", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='node',
-            name='images',
+            model_name="node",
+            name="images",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.AddField(
-            model_name='node',
-            name='resource_version',
+            model_name="node",
+            name="resource_version",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='node',
-            name='taints',
+            model_name="node",
+            name="taints",
             field=models.JSONField(blank=True, default=list),
         ),
     ]
