@@ -20,14 +20,43 @@ def _client() -> redis.Redis:
     return _sync_client
 
 
+# Heartbeats wait here and go to Redis in one HSET per flush: thousands of agents beating
+# every couple of seconds cost a handful of Redis calls a second per web process, not
+# thousands. The delay (FLUSH_SECONDS) is tiny next to the node grace (seconds).
+FLUSH_SECONDS = 0.25
+_pending: dict = {}  # event loop -> {node_id: timestamp}
+_flushers: dict = {}  # event loop -> the task flushing that loop's heartbeats
+
+
 async def record(node_id: int, timestamp: float) -> None:
     import asyncio
 
     loop = asyncio.get_running_loop()
+    _pending.setdefault(loop, {})[str(node_id)] = repr(timestamp)
+    flusher = _flushers.get(loop)
+    if flusher is None or flusher.done():
+        _flushers[loop] = loop.create_task(_flush_soon(loop))
+
+
+async def _flush_soon(loop) -> None:
+    import asyncio
+
+    await asyncio.sleep(FLUSH_SECONDS)
+    await flush(loop)
+
+
+async def flush(loop=None) -> None:
+    """Write the buffered heartbeats of this event loop now."""
+    import asyncio
+
+    loop = loop or asyncio.get_running_loop()
+    batch = _pending.pop(loop, None)
+    if not batch:
+        return
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-    await client.hset(KEY, str(node_id), repr(timestamp))
+    await client.hset(KEY, mapping=batch)
 
 
 def read_all() -> dict[int, float]:

@@ -169,17 +169,27 @@ def test_status_reports_update_replicas_and_finish_terminations():
     assert list(Replica.objects.values_list("name", flat=True)) == [survivor.name]
 
 
+def beat(node_id, timestamp):
+    """A heartbeat as the agent consumer records it, written through at once."""
+    from nodes import heartbeats
+
+    async def record_and_flush():
+        await heartbeats.record(node_id, timestamp)
+        await heartbeats.flush()
+
+    async_to_sync(record_and_flush)()
+
+
 def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from nodes import heartbeats
     from nodes.controllers.monitor import monitor_nodes
 
     node, _ = enroll()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=timezone.now())
-    async_to_sync(heartbeats.record)(node.pk, time.time())
+    beat(node.pk, time.time())
     assert monitor_nodes() == []
     later = timezone.now() + timedelta(seconds=settings.NODE_GRACE_SECONDS + 1)
     assert monitor_nodes(now=later) == ["h1"]
@@ -190,7 +200,7 @@ def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
 
     # The agent was only frozen: its connection is still the current one and it beats again.
     Node.objects.filter(pk=node.pk).update(session=uuid.uuid4())
-    async_to_sync(heartbeats.record)(node.pk, later.timestamp() + 1)
+    beat(node.pk, later.timestamp() + 1)
     monitor_nodes(now=later + timedelta(seconds=1))
     node.refresh_from_db()
     assert node.status == Node.Status.READY
