@@ -1,29 +1,20 @@
 """Nodes, join tokens and agent enrollment."""
 
-from django.db import connection
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from nodes.labels import TAINT_EFFECTS, label_key_error, label_value_error, taint_identity
-from nodes.models import JoinToken, Node
+from nodes.models import Node
 from nodes.services import (
-    EnrollmentRefused,
     NodeNotRemovable,
     do_cordon_node,
-    do_create_join_token,
     do_delete_node,
-    do_enroll_node,
-    do_revoke_join_token,
     do_uncordon_node,
     do_update_node,
 )
-from orchestrator.models import Namespace
-from orchestrator.names import dns_label_error
 from orchestrator.quantities import QuantityError, format_cpu, format_memory, parse_cpu, parse_memory
 from web.api.fields import StrictFieldsMixin, StrictSerializer
 
@@ -276,157 +267,3 @@ class NodeViewSet(
     def uncordon(self, request, name=None):
         """Let replicas be placed on the node again."""
         return Response(NodeDetailSerializer(do_uncordon_node(self.get_object(), request.user)).data)
-
-
-class JoinTokenSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    ttl_seconds = serializers.IntegerField(
-        write_only=True, required=False, min_value=60, max_value=365 * 24 * 3600, help_text="default 24 h"
-    )
-
-    class Meta:
-        model = JoinToken
-        fields = [
-            "id",
-            "prefix",
-            "description",
-            "created_at",
-            "expires_at",
-            "revoked_at",
-            "last_used_at",
-            "use_count",
-            "ttl_seconds",
-        ]
-        read_only_fields = [
-            "id",
-            "prefix",
-            "created_at",
-            "expires_at",
-            "revoked_at",
-            "last_used_at",
-            "use_count",
-        ]
-
-
-class JoinTokenViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
-):
-    """Join tokens let agents enroll servers. The token itself is shown only in the
-    response to its creation; DELETE revokes it."""
-
-    queryset = JoinToken.objects.all()
-    serializer_class = JoinTokenSerializer
-
-    @extend_schema(
-        responses={
-            201: inline_serializer(
-                "CreatedJoinToken",
-                {
-                    "token": serializers.CharField(),
-                    "prefix": serializers.CharField(),
-                    "expires_at": serializers.DateTimeField(),
-                },
-            )
-        }
-    )
-    def create(self, request, *args, **kwargs):
-        serializer = self.get_serializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        token, clear = do_create_join_token(
-            request.user,
-            serializer.validated_data.get("ttl_seconds"),
-            serializer.validated_data.get("description", ""),
-        )
-        data = JoinTokenSerializer(token).data
-        data["token"] = clear
-        return Response(data, status=status.HTTP_201_CREATED)
-
-    def perform_destroy(self, instance):
-        do_revoke_join_token(instance, self.request.user)
-
-
-class EnrollSerializer(StrictSerializer):
-    join_token = serializers.CharField(trim_whitespace=True)
-    name = serializers.CharField(max_length=63)
-    labels = serializers.DictField(
-        child=serializers.CharField(max_length=63, allow_blank=True), required=False
-    )
-
-    def validate_name(self, value):
-        reason = dns_label_error(value)
-        if reason:
-            raise serializers.ValidationError(reason)
-        return value
-
-
-class EnrollView(APIView):
-    """An agent exchanges a join token for its node's credential (docs/agent-protocol.md)."""
-
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-
-    @extend_schema(
-        request=EnrollSerializer,
-        responses={
-            201: inline_serializer(
-                "Enrolled", {"node": serializers.CharField(), "credential": serializers.CharField()}
-            )
-        },
-    )
-    def post(self, request):
-        serializer = EnrollSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        try:
-            node, credential = do_enroll_node(data["join_token"], data["name"], data.get("labels", {}))
-        except EnrollmentRefused as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_401_UNAUTHORIZED)
-        return Response({"node": node.name, "credential": credential}, status=status.HTTP_201_CREATED)
-
-
-class NamespaceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    class Meta:
-        model = Namespace
-        fields = ["name", "created_at"]
-        read_only_fields = ["created_at"]
-
-    def validate_name(self, value):
-        reason = dns_label_error(value)
-        if reason:
-            raise serializers.ValidationError(reason)
-        return value
-
-
-class NamespaceViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
-):
-    queryset = Namespace.objects.all()
-    serializer_class = NamespaceSerializer
-    lookup_field = "name"
-
-
-class HealthView(APIView):
-    """Liveness and readiness of the control plane: answers 503 when PostgreSQL is unreachable."""
-
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-
-    @extend_schema(
-        responses=inline_serializer(
-            "Health", {"status": serializers.CharField(), "database": serializers.CharField()}
-        )
-    )
-    def get(self, request):
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            database = "ok"
-        except Exception as exc:  # any failure means "not ready"; say which
-            return Response(
-                {"status": "unavailable", "database": f"error: {type(exc).__name__}"},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
-        return Response({"status": "ok", "database": database, "version": "0.1.0"})

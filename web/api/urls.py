@@ -3,7 +3,10 @@ from rest_framework.routers import SimpleRouter
 
 from web.api.deployments import DeploymentViewSet
 from web.api.events import EventViewSet
-from web.api.nodes import EnrollView, HealthView, JoinTokenViewSet, NamespaceViewSet, NodeViewSet
+from web.api.health import HealthView
+from web.api.namespaces import NamespaceViewSet
+from web.api.nodes import NodeViewSet
+from web.api.tokens import EnrollView, JoinTokenViewSet
 
 
 class Router(SimpleRouter):
