@@ -161,8 +161,11 @@ class HollowNode:
                 name=f"hollow-{self.profile.name}",
             )
             # Hold the handshake slot until welcomed, so a slow control plane slows the start.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(welcomed.wait(), WELCOME_TIMEOUT)
+            waiting = asyncio.create_task(welcomed.wait())
+            await asyncio.wait(
+                {waiting, serving}, timeout=WELCOME_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiting.cancel()
         await serving
 
 

@@ -234,8 +234,10 @@ class Profiler:
     def stop(self) -> dict[str, Any]:
         summary = {}
         for name, proc in self.procs.items():
-            stop_process(proc, sig=signal.SIGINT, timeout=30)
+            code = stop_process(proc, sig=signal.SIGINT, timeout=90)  # py-spy writes its file on SIGINT
             summary[name] = summarise_profile(self.out_dir / f"{name}.txt")
+            if "error" in summary[name]:
+                summary[name]["py_spy"] = f"exit {code}: {tail(self.out_dir / f'{name}.log', 5)}"
         self.procs.clear()
         return summary
 
