@@ -166,7 +166,11 @@ if AGENT_HEARTBEAT_SECONDS * 2 > NODE_GRACE_SECONDS:
         "BERTH_AGENT_HEARTBEAT_SECONDS must be at most half of BERTH_NODE_GRACE_SECONDS, "
         "or a single late heartbeat marks a healthy node NotReady."
     )
-NODE_MONITOR_INTERVAL_SECONDS = _env_float("BERTH_NODE_MONITOR_INTERVAL_SECONDS", 1.0, minimum=0.2)
+# A tenth of the grace (1 s for the default 10 s, at most 5 s): how late past the grace a
+# silent node may be noticed, against a scan of every node per pass.
+NODE_MONITOR_INTERVAL_SECONDS = _env_float(
+    "BERTH_NODE_MONITOR_INTERVAL_SECONDS", min(max(NODE_GRACE_SECONDS / 10, 1.0), 5.0), minimum=0.2
+)
 RESYNC_INTERVAL_SECONDS = _env_float("BERTH_RESYNC_INTERVAL_SECONDS", 30.0, minimum=1.0)
 JOIN_TOKEN_TTL_SECONDS = _env_float("BERTH_JOIN_TOKEN_TTL_SECONDS", 24 * 3600.0, minimum=60.0)
 
