@@ -129,7 +129,13 @@ RUN_DIR = DATA_DIR / "run"
 _default_db = f"postgres://postgres@/berth?host={RUN_DIR}"
 DATABASE_URL = os.environ.get("DATABASE_URL") or _default_db
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=int(_env_float("BERTH_DB_CONN_MAX_AGE", 60)),
+            conn_health_checks=True,
+        )
+    }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":

@@ -67,6 +67,7 @@ def apply_node_report(node_id: int, report: dict) -> None:
             Replica.objects.select_for_update(of=("self",))
             .filter(node_id=node_id)
             .select_related("namespace")
+            .order_by("pk")  # the controller locks replicas in pk order too: no deadlock
         )
         gone, updated, fields = [], [], set()
         for replica in replicas:

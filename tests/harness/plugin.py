@@ -24,6 +24,9 @@ from tests.harness.session import HarnessSession, sweep_stale_sessions
 TEST_TIMINGS = {
     "BERTH_NODE_GRACE_SECONDS": "6",
     "BERTH_AGENT_HEARTBEAT_SECONDS": "1",
+    # Connections close after each use: the agent consumer's pool threads would otherwise
+    # hold some open, and pytest-django could not drop its test database at the end.
+    "BERTH_DB_CONN_MAX_AGE": "0",
 }
 
 

@@ -20,6 +20,14 @@ from orchestrator.dispatch import desired_set
 log = logging.getLogger(__name__)
 
 
+def in_pool(fn):
+    """Run a database call in the thread pool. Channels' default (thread_sensitive) runs every
+    database call of the whole process on one thread, so thousands of agents' reports would
+    queue behind each other; these calls are independent per node (each is its own
+    transaction), so they can run side by side."""
+    return database_sync_to_async(fn, thread_sensitive=False)
+
+
 def _bearer(scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
@@ -33,7 +41,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
     node_id: int | None = None
 
     async def connect(self):
-        node = await database_sync_to_async(authenticate_node)(_bearer(self.scope))
+        node = await in_pool(authenticate_node)(_bearer(self.scope))
         if node is None:
             log.warning("refused an agent connection from %s: bad credential", self.scope.get("client"))
             await self.close()  # before accept: the handshake is answered 403
@@ -51,7 +59,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
         if self.greeted:
-            await database_sync_to_async(session_closed)(self.node_id, self.session)
+            await in_pool(session_closed)(self.node_id, self.session)
         log.info("agent of node %s disconnected (%s)", self.node_name, code)
 
     async def receive_json(self, content, **kwargs):
@@ -59,7 +67,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         if kind == "heartbeat":
             await heartbeats.record(self.node_id, time.time())
         elif kind == "status":
-            await database_sync_to_async(apply_node_report)(self.node_id, content)
+            await in_pool(apply_node_report)(self.node_id, content)
         elif kind == "hello":
             await self._hello(content)
         else:
@@ -70,7 +78,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
 
         client = self.scope.get("client") or ("", 0)
         await heartbeats.record(self.node_id, time.time())
-        await database_sync_to_async(session_hello)(self.node_id, self.session, hello, client[0] or "")
+        await in_pool(session_hello)(self.node_id, self.session, hello, client[0] or "")
         self.greeted = True
         await self.send_json(
             {
@@ -80,7 +88,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             }
         )
         # The full set on every connect: a lost message is never a lost replica.
-        frame = await database_sync_to_async(desired_set)(self.node_id)
+        frame = await in_pool(desired_set)(self.node_id)
         if frame is not None:
             await self._send_desired(frame)
 
