@@ -406,7 +406,11 @@ def wait_nodes_ready(db, hollow, plane, nodes: int, timeout: float) -> tuple[flo
 
 def hollow_progress(plane: ControlPlane) -> str:
     """The hollow process's last progress line."""
-    lines = [line for line in tail(plane.dir / "hollow.log", 400).splitlines() if line.startswith("hollow: ")]
+    try:
+        text = (plane.dir / "hollow.log").read_text(errors="replace")  # warnings may bury it: read it all
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.startswith("hollow: ") and " connected, " in line]
     return lines[-1].removeprefix("hollow: ") if lines else ""
 
 
