@@ -150,7 +150,13 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # The socket timeout must outlast channels_redis's 5 s blocking reads, or every idle
         # WebSocket is dropped after 5 s (redis-py's default timeout is also 5 s).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
+        # redis-py's pools raise past 100 connections rather than wait: thousands of agents
+        # joining groups at once need more.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
+            "capacity": 1000,
+            "expiry": 30,
+        },
     }
 }
 

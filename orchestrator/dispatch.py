@@ -23,6 +23,8 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
     ids = sorted(set(node_ids))
     with transaction.atomic():
         with connection.cursor() as cursor:
+            # Lock in id order first, as the scheduler's claims do, so the two never deadlock.
+            cursor.execute("SELECT id FROM nodes_node WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
             cursor.execute(
                 "UPDATE nodes_node SET generation = generation + 1 WHERE id = ANY(%s) "
                 "RETURNING id, generation",

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -39,6 +40,16 @@ def _bearer(scope) -> str:
 
 class AgentConsumer(AsyncJsonWebsocketConsumer):
     node_id: int | None = None
+
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every message, on one thread
+        # shared by the whole process: with thousands of agents heartbeating, that thread is
+        # the bottleneck. Every database call here goes through in_pool, which does that
+        # closing in its own thread, so the per-message hop is skipped.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self):
         node = await in_pool(authenticate_node)(_bearer(self.scope))
