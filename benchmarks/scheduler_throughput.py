@@ -441,6 +441,11 @@ def main() -> None:
     result: dict[str, Any] = {"nodes": args.nodes, "replicas": args.replicas}
     log("starting PostgreSQL and Redis")
     services = start_services()
+    # The control plane runs as in production, not with the test suite's settings: no
+    # DEBUG (query logging), database connections kept for reuse.
+    os.environ.update(
+        BERTH_DEBUG="false", BERTH_SSL_REDIRECT="false", BERTH_ALLOWED_HOSTS="*", BERTH_DB_CONN_MAX_AGE="60"
+    )
     plane = BenchControlPlane(
         services,
         workers=args.workers,
