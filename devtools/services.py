@@ -161,9 +161,20 @@ def wait_until(
         interval = min(interval * 1.5, 0.5)
 
 
-def _open_log(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "ab")  # handed to Popen, closed by the caller
+def spawn_logged(cmd: list[str], log_path: Path, stop_signal: int, **popen) -> subprocess.Popen:
+    """Start a server process in its own session, its output appended to `log_path`; the
+    kernel sends it `stop_signal` if we die first, so a killed parent leaves nothing behind."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # the child has its own copy of the descriptor
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(stop_signal),
+            **popen,
+        )
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------
@@ -300,21 +311,8 @@ class PostgresServer:
         if self.for_tests:
             # Durability is worthless for a throwaway cluster; speed is not.
             cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log = _open_log(self.log_path)
-        try:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                # SIGINT is PostgreSQL's "fast shutdown".
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGINT),
-                **self._popen_user(),
-            )
-        finally:
-            log.close()
+        # SIGINT is PostgreSQL's "fast shutdown".
+        self.proc = spawn_logged(cmd, self.log_path, signal.SIGINT, cwd=self.data_dir, **self._popen_user())
         wait_until(self._accepting, timeout, "PostgreSQL", proc=self.proc, log=self.log_path)
         return self
 
@@ -400,19 +398,7 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "yes",
         ]  # fmt: skip
-        log = _open_log(self.log_path)
-        try:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.work_dir,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
-        finally:
-            log.close()
+        self.proc = spawn_logged(cmd, self.log_path, signal.SIGTERM, cwd=self.work_dir)
         wait_until(self.ping, timeout, f"Redis on port {self.port}", proc=self.proc, log=self.log_path)
         return self
 
@@ -521,20 +507,9 @@ class DockerEngine:
         return argv
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
-        log = _open_log(self.log_dir / log_name)
-        try:
-            return subprocess.Popen(
-                self._wrap(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.log_dir,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
-        finally:
-            log.close()
+        return spawn_logged(
+            self._wrap(argv), self.log_dir / log_name, signal.SIGTERM, cwd=self.log_dir, env=self.env
+        )
 
     def spawn(self) -> None:
         """Start the processes without waiting (so several engines can boot side by side).
