@@ -28,6 +28,9 @@ class Node(models.Model):
     agent_labels = models.JSONField(default=dict, blank=True)  # reported by the agent (--labels)
     user_labels = models.JSONField(default=dict, blank=True)  # set through the API; win on conflict
     unschedulable = models.BooleanField(default=False)  # cordoned
+    # Set by a drain: the node is cordoned and its replicas move away as a rollout would
+    # move them (honouring max_unavailable); cleared by uncordon.
+    drain_started_at = models.DateTimeField(null=True, blank=True)
     taints = models.JSONField(default=list, blank=True)  # [{"key", "value", "effect"}]
     images = models.JSONField(default=list, blank=True)  # image references the engine has (agent hello)
 

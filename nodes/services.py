@@ -199,7 +199,45 @@ def do_cordon_node(node: Node, actor) -> Node:
 
 
 def do_uncordon_node(node: Node, actor) -> Node:
-    return do_update_node(node, {"unschedulable": False}, actor)
+    """Let replicas be placed on the node again; also ends a drain."""
+    with transaction.atomic():
+        locked = Node.objects.select_for_update().get(pk=node.pk)
+        if locked.drain_started_at is not None:
+            locked.drain_started_at = None
+            locked.save(update_fields=["drain_started_at"])
+            record_event(locked, "DrainStopped", "uncordoned: the drain is over", actor=_actor_name(actor))
+        return do_update_node(locked, {"unschedulable": False}, actor)
+
+
+def do_drain_node(node: Node, actor) -> Node:
+    """Cordon the node and move its replicas away.
+
+    Each deployment with replicas here moves them as a rolling update would: a
+    replacement is placed on another node first when `max_surge` allows, and replicas are
+    stopped here only while `max_unavailable` holds (orchestrator/controllers/plan.py
+    counts replicas on a draining node as old). The drain lasts until uncordon.
+    """
+    with transaction.atomic():
+        locked = do_update_node(node, {"unschedulable": True}, actor)
+        locked = Node.objects.select_for_update().get(pk=locked.pk)
+        if locked.drain_started_at is None:
+            locked.drain_started_at = timezone.now()
+            locked.save(update_fields=["drain_started_at"])
+            count = Replica.objects.filter(node=locked, phase__in=Replica.ACTIVE).count()
+            record_event(
+                locked,
+                "Draining",
+                f"draining: moving {count} replica(s) to other nodes",
+                actor=_actor_name(actor),
+            )
+        on_node = set(
+            Replica.objects.filter(node=locked, phase__in=Replica.ACTIVE).values_list(
+                "deployment_id", flat=True
+            )
+        )
+        transaction.on_commit(lambda: reconcile_deployments(on_node))
+        transaction.on_commit(notify_cluster)
+    return locked
 
 
 def do_delete_node(node: Node, actor) -> None:

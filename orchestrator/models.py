@@ -28,6 +28,23 @@ class Namespace(models.Model):
         return self.name
 
 
+def default_update_strategy() -> dict:
+    return {"type": "RollingUpdate", "max_surge": "25%", "max_unavailable": "25%"}
+
+
+_TEMPLATE_DEFAULTS = {
+    "restart_policy": "always",
+    "termination_grace_seconds": 10,
+    "readiness_probe": None,
+    "liveness_probe": None,
+}
+
+
+def template_hash(template: dict) -> str:
+    encoded = json.dumps(template, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
 class LiveDeploymentManager(models.Manager):
     """Deployments a user can see: those not being deleted."""
 
@@ -61,6 +78,19 @@ class Deployment(models.Model):
     tolerations = models.JSONField(default=list, blank=True)
     topology_spread = models.JSONField(default=list, blank=True)
     max_per_node = models.PositiveIntegerField(null=True, blank=True)
+    # Health and lifecycle (part of the template: changing them rolls the replicas).
+    restart_policy = models.CharField(max_length=16, default="always")  # always | on-failure | never
+    termination_grace_seconds = models.PositiveIntegerField(default=10)
+    readiness_probe = models.JSONField(null=True, blank=True)
+    liveness_probe = models.JSONField(null=True, blank=True)
+    # Rollouts (see orchestrator/controllers/rollout.py).
+    update_strategy = models.JSONField(default=default_update_strategy, blank=True)
+    min_ready_seconds = models.PositiveIntegerField(default=0)
+    progress_deadline_seconds = models.PositiveIntegerField(default=600)
+    paused = models.BooleanField(default=False)
+    on_failure = models.CharField(max_length=16, default="none")  # none | rollback
+    # How long replicas on a node that stopped reporting wait before they are replaced.
+    node_loss_toleration_seconds = models.PositiveIntegerField(default=5)
     generation = models.PositiveBigIntegerField(default=1)
 
     # --- status (written by the deployment controller) ---
@@ -68,7 +98,13 @@ class Deployment(models.Model):
     status_replicas = models.PositiveIntegerField(default=0)
     ready_replicas = models.PositiveIntegerField(default=0)
     available_replicas = models.PositiveIntegerField(default=0)
+    updated_replicas = models.PositiveIntegerField(default=0)
     conditions = models.JSONField(default=list, blank=True)
+    current_revision = models.PositiveIntegerField(default=0)  # Revision.number of the template
+    complete_revision = models.PositiveIntegerField(default=0)  # the last one fully rolled out
+    # The rollout's last visible step and when it happened, for progress_deadline_seconds.
+    progress_mark = models.CharField(max_length=200, blank=True, default="")
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -90,30 +126,55 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.namespace.name}/{self.name}"
 
-    TEMPLATE_FIELDS = ("image", "command", "env", "ports", "cpu_request", "memory_request")
+    # Spec fields that make up the template: changing any of them creates a revision.
+    TEMPLATE_FIELDS = (
+        "image",
+        "command",
+        "env",
+        "ports",
+        "cpu_request",
+        "memory_request",
+        "restart_policy",
+        "termination_grace_seconds",
+        "readiness_probe",
+        "liveness_probe",
+    )
 
     def template(self) -> dict:
         """What each replica runs: the part of the spec that a replica records."""
-        return {
+        template = {
             "image": self.image,
             "command": self.command,
             "env": self.env,
             "ports": self.ports,
             "resources": {"cpu_millis": self.cpu_request, "memory_bytes": self.memory_request},
         }
+        # Health and lifecycle settings join the template only when they differ from the
+        # defaults, so replicas created before they existed keep their revision hash.
+        for field, default in _TEMPLATE_DEFAULTS.items():
+            value = getattr(self, field)
+            if value != default:
+                template[field] = value
+        return template
 
     def revision(self) -> str:
         """A stable hash of the template: replicas of the same revision run the same thing."""
-        encoded = json.dumps(self.template(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(encoded).hexdigest()[:16]
+        return template_hash(self.template())
+
+    def template_spec(self) -> dict:
+        """The template as spec fields (what a Revision stores and a rollback restores)."""
+        return {field: getattr(self, field) for field in self.TEMPLATE_FIELDS}
 
     @property
     def is_deleting(self) -> bool:
         return self.deleted_at is not None
 
-    def set_condition(self, type_: str, status: bool, reason: str, message: str, now) -> None:
-        """Record a condition; its transition time moves only when its status changes."""
-        value = "True" if status else "False"
+    def condition(self, type_: str) -> dict | None:
+        return next((c for c in self.conditions if c["type"] == type_), None)
+
+    def set_condition(self, type_: str, status: bool | None, reason: str, message: str, now) -> None:
+        """Record a condition (None: Unknown); its transition time moves only when its status changes."""
+        value = "Unknown" if status is None else ("True" if status else "False")
         for condition in self.conditions:
             if condition["type"] == type_:
                 if condition["status"] != value:
@@ -129,6 +190,33 @@ class Deployment(models.Model):
                 "last_transition_time": now.isoformat(),
             }
         )
+
+
+class Revision(models.Model):
+    """One immutable version of a deployment's template, numbered from 1.
+
+    Every change to what replicas run appends one; a rollback appends a copy of the
+    older one (as `kubectl rollout undo` does), so the history reads in order.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    hash = models.CharField(max_length=32)
+    spec = models.JSONField()  # the TEMPLATE_FIELDS values
+    change_cause = models.CharField(max_length=200, blank=True, default="")
+    actor = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    HISTORY_LIMIT = 10  # older revisions are pruned, the current one never
+
+    class Meta:
+        ordering = ["deployment", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "number"], name="revision_number_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name} revision {self.number}"
 
 
 class Replica(models.Model):
@@ -157,7 +245,12 @@ class Replica(models.Model):
     message = models.TextField(blank=True, default="")
     container_id = models.CharField(max_length=80, blank=True, default="")
     exit_code = models.IntegerField(null=True, blank=True)
+    last_exit_code = models.IntegerField(null=True, blank=True)  # kept after a restart
     restart_count = models.PositiveIntegerField(default=0)
+    # Readiness as the agent's probes (or the image's HEALTHCHECK) see it.
+    ready = models.BooleanField(default=False)
+    ready_since = models.DateTimeField(null=True, blank=True)
+    health = models.CharField(max_length=16, blank=True, default="")  # Docker HEALTHCHECK state
 
     # The spec this replica runs, fixed at creation.
     revision = models.CharField(max_length=32)
@@ -189,7 +282,15 @@ class Replica(models.Model):
 
     @property
     def is_ready(self) -> bool:
-        return self.phase == self.Phase.RUNNING
+        return self.phase == self.Phase.RUNNING and self.ready
+
+    def is_available(self, now, min_ready_seconds: int) -> bool:
+        """Ready, and for at least `min_ready_seconds` (what rollouts and status count)."""
+        if not self.is_ready:
+            return False
+        if min_ready_seconds <= 0:
+            return True
+        return self.ready_since is not None and (now - self.ready_since).total_seconds() >= min_ready_seconds
 
     def desired_entry(self) -> dict:
         """This replica as its node's agent receives it (see docs/agent-protocol.md)."""

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestrator.events import record_event
-from orchestrator.models import Deployment, Namespace
+from orchestrator.models import Deployment, Namespace, Revision
 
 SPEC_FIELDS = (
     "image",
@@ -25,7 +25,21 @@ SPEC_FIELDS = (
     "tolerations",
     "topology_spread",
     "max_per_node",
+    "restart_policy",
+    "termination_grace_seconds",
+    "readiness_probe",
+    "liveness_probe",
+    "update_strategy",
+    "min_ready_seconds",
+    "progress_deadline_seconds",
+    "paused",
+    "on_failure",
+    "node_loss_toleration_seconds",
 )
+
+
+class RollbackError(ValueError):
+    """A rollback that cannot be done; the message says why and what exists."""
 
 
 def _actor_name(actor) -> str:
@@ -50,8 +64,29 @@ def do_create_deployment(namespace: Namespace, spec: dict, actor) -> Deployment:
             f"created with image {deployment.image} and {deployment.replicas} replica(s)",
             actor=_actor_name(actor),
         )
+        _record_revision(deployment, "created", _actor_name(actor))
         _enqueue_reconcile(deployment.pk)
     return deployment
+
+
+def _record_revision(deployment: Deployment, cause: str, actor: str) -> Revision:
+    """Append the deployment's template as its next revision; prune the oldest beyond the
+    history limit. The caller holds the deployment row."""
+    last = deployment.revisions.order_by("-number").values_list("number", flat=True).first() or 0
+    revision = Revision.objects.create(
+        deployment=deployment,
+        number=last + 1,
+        hash=deployment.revision(),
+        spec=deployment.template_spec(),
+        change_cause=cause[:200],
+        actor=actor,
+    )
+    deployment.current_revision = revision.number
+    deployment.save(update_fields=["current_revision"])
+    keep = revision.number - Revision.HISTORY_LIMIT
+    if keep > 0:
+        deployment.revisions.filter(number__lte=keep).delete()
+    return revision
 
 
 def do_update_deployment(deployment: Deployment, changes: dict, actor) -> Deployment:
@@ -73,8 +108,50 @@ def do_update_deployment(deployment: Deployment, changes: dict, actor) -> Deploy
             message = "spec changed: " + ", ".join(changed)
             reason = "Updated"
         record_event(locked, reason, message, actor=_actor_name(actor))
+        template_changed = [f for f in changed if f in Deployment.TEMPLATE_FIELDS]
+        if template_changed:
+            _record_revision(locked, "changed " + ", ".join(template_changed), _actor_name(actor))
         _enqueue_reconcile(locked.pk)
     return locked
+
+
+def do_rollback_deployment(deployment: Deployment, revision: int | None, actor, reason: str = "") -> Revision:
+    """Run an earlier revision's template again, as a new revision (a rolling update like
+    any other). `revision=None` means the one before the current. Raises RollbackError."""
+    with transaction.atomic():
+        locked = Deployment.live.select_for_update().get(pk=deployment.pk)
+        history = list(locked.revisions.order_by("-number"))
+        current_hash = locked.revision()
+        if revision is None:
+            target = next(
+                (r for r in history if r.number < locked.current_revision and r.hash != current_hash), None
+            )
+            if target is None:
+                raise RollbackError("there is no earlier revision to roll back to")
+        else:
+            target = next((r for r in history if r.number == revision), None)
+            if target is None:
+                known = ", ".join(str(r.number) for r in reversed(history)) or "none"
+                raise RollbackError(f"revision {revision} not found; this deployment has revisions {known}")
+            if target.hash == current_hash:
+                raise RollbackError(f"revision {revision} is what the deployment runs already")
+        for field, value in target.spec.items():
+            setattr(locked, field, value)
+        locked.generation += 1
+        locked.paused = False
+        locked.save(update_fields=[*target.spec, "paused", "generation", "updated_at"])
+        cause = f"rollback to revision {target.number}" + (f": {reason}" if reason else "")
+        new = _record_revision(locked, cause, _actor_name(actor))
+        record_event(
+            locked,
+            "RolledBack",
+            f"rolled back to revision {target.number} (now revision {new.number})"
+            + (f": {reason}" if reason else ""),
+            warning=bool(reason),
+            actor=_actor_name(actor),
+        )
+        _enqueue_reconcile(locked.pk)
+    return new
 
 
 def do_scale_deployment(deployment: Deployment, replicas: int, actor) -> Deployment:

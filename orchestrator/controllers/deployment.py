@@ -13,13 +13,16 @@ converged deployment decides nothing and writes nothing.
 import secrets
 import string
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from nodes.models import Node
+from orchestrator import services
 from orchestrator.broadcast import notify_deployments
-from orchestrator.controllers.plan import ReplicaState, compute_plan
+from orchestrator.controllers.plan import ReplicaState, compute_plan, resolve_rollout
+from orchestrator.controllers.rollout import CRASH_LOOP_RESTARTS, RolloutCounts, assess
 from orchestrator.dispatch import dispatch_nodes
 from orchestrator.events import record_event
 from orchestrator.models import Deployment, Replica
@@ -43,10 +46,11 @@ def _replica_name(deployment: Deployment, taken: set[str]) -> str:
 
 
 def reconcile_deployment(pk: int) -> float | None:
-    """One pass; returns in how many seconds another pass is due (a NoExecute toleration
-    running out), or None."""
+    """One pass; returns in how many seconds another pass is due (a toleration running
+    out, a replica becoming available, a progress deadline), or None."""
     now = timezone.now()
     touched_nodes: set[int] = set()
+    rechecks: list[float] = []
     with transaction.atomic():
         deployment = (
             Deployment.objects.select_for_update(of=("self",))
@@ -58,21 +62,31 @@ def reconcile_deployment(pk: int) -> float | None:
             return None
         rows = {r.name: r for r in deployment.replica_set.select_for_update().order_by("pk")}
         spec = placement_spec(deployment)
-        evicted, recheck_in = _evict(spec, rows, now)
-        touched_nodes.update(rows[name].node_id for name in evicted)
+        nodes = _nodes_of(rows.values())
+        evicted, recheck_in = _evict(spec, rows, nodes, now)
+        rechecks.append(recheck_in)
+        replaced, recheck_in = _replace_lost(deployment, rows, nodes, now)
+        rechecks.append(recheck_in)
+        touched_nodes.update(rows[name].node_id for name in [*evicted, *replaced])
         revision = deployment.revision()
-        plan = compute_plan(
-            deployment.replicas,
-            revision,
-            [ReplicaState(r.name, r.revision, r.phase, r.node_id, r.created_at) for r in rows.values()],
-        )
-        changed = bool(evicted) or not plan.is_empty
+        states, recheck_in = _replica_states(deployment, rows.values(), nodes, now)
+        rechecks.append(recheck_in)
+        rollout = resolve_rollout(deployment.update_strategy or {}, deployment.replicas, deployment.paused)
+        plan = compute_plan(deployment.replicas, revision, states, rollout)
+        changed = bool(evicted or replaced) or not plan.is_empty
 
         for name in plan.terminate:
             replica = rows[name]
             replica.phase = Replica.Phase.TERMINATING
-            replica.message = "stopping: no longer wanted"
-            replica.save(update_fields=["phase", "message", "updated_at"])
+            replica.ready = False
+            replica.message = (
+                "stopping: replaced by a newer revision"
+                if replica.revision != revision
+                else "stopping: no longer wanted"
+            )
+            if nodes.get(replica.node_id, {}).get("drain_started_at") is not None:
+                replica.message = "stopping: its node is being drained"
+            replica.save(update_fields=["phase", "ready", "message", "updated_at"])
             touched_nodes.add(replica.node_id)
         if plan.delete:
             Replica.objects.filter(pk__in=[rows[n].pk for n in plan.delete]).delete()
@@ -86,11 +100,21 @@ def reconcile_deployment(pk: int) -> float | None:
 
         waiting = [r for r in rows.values() if r.node_id is None and r.phase == Replica.Phase.PENDING]
         if waiting or plan.create:
-            placed = _place(deployment, spec, revision, waiting, plan.create, rows, now)
+            template, create_revision = deployment.template(), revision
+            if plan.create_revision and plan.create_revision != revision:
+                source = next(r for r in rows.values() if r.revision == plan.create_revision)
+                template, create_revision = source.template, source.revision
+            placed = _place(deployment, spec, create_revision, template, waiting, plan.create, rows, now)
             touched_nodes |= placed
             changed = True if (placed or plan.create) else changed
 
-        changed |= _update_status(deployment, list(rows.values()), now)
+        status_changed, recheck_in, failure = _update_status(
+            deployment, list(rows.values()), states, rollout, now
+        )
+        changed |= status_changed
+        rechecks.append(recheck_in)
+        if failure is not None:
+            _on_rollout_failure(deployment, failure, now)
         if deployment.is_deleting and not rows:
             deployment.delete()
             changed = True
@@ -99,20 +123,86 @@ def reconcile_deployment(pk: int) -> float | None:
             transaction.on_commit(lambda: dispatch_nodes(touched_nodes))
         if changed:
             transaction.on_commit(lambda: notify_deployments([pk]))
-    return recheck_in
+    # Anything further away than the periodic resync is left to it: no long-held timers.
+    due = [
+        seconds for seconds in rechecks if seconds is not None and seconds <= settings.RESYNC_INTERVAL_SECONDS
+    ]
+    return min(due) if due else None
 
 
-def _evict(spec, rows: dict[str, Replica], now) -> tuple[list[str], float | None]:
+def _nodes_of(replicas) -> dict[int, dict]:
+    """What the controller needs to know about the nodes its replicas are on."""
+    node_ids = {r.node_id for r in replicas if r.node_id is not None}
+    if not node_ids:
+        return {}
+    return {
+        row["pk"]: row
+        for row in Node.objects.filter(pk__in=node_ids).values(
+            "pk", "name", "taints", "status", "status_changed_at", "drain_started_at"
+        )
+    }
+
+
+def _replica_states(deployment, replicas, nodes: dict, now) -> tuple[list[ReplicaState], float | None]:
+    """The plan's view of each replica; also when the next one becomes available."""
+    states, recheck_in = [], None
+    for r in replicas:
+        node = nodes.get(r.node_id)
+        available = r.is_available(now, deployment.min_ready_seconds)
+        if r.is_ready and not available and r.ready_since is not None:
+            due = deployment.min_ready_seconds - (now - r.ready_since).total_seconds()
+            recheck_in = due if recheck_in is None else min(recheck_in, due)
+        states.append(
+            ReplicaState(
+                r.name,
+                r.revision,
+                r.phase,
+                r.node_id,
+                r.created_at,
+                available=available,
+                draining=bool(node and node["drain_started_at"] is not None),
+                lost=bool(node and node["status"] != Node.Status.READY),
+            )
+        )
+    return states, recheck_in
+
+
+def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str], float | None]:
+    """Replicas on a node that stopped reporting wait `node_loss_toleration_seconds`, then
+    are marked Terminating so the plan replaces them elsewhere. The row stays until the
+    node comes back and confirms the container is gone: it is never listed in the node's
+    desired set again, so its agent stops it on reconnect (fencing)."""
+    replaced, recheck_in = [], None
+    tolerate = deployment.node_loss_toleration_seconds
+    for replica in rows.values():
+        node = nodes.get(replica.node_id)
+        if replica.phase != Replica.Phase.UNKNOWN or node is None or node["status"] == Node.Status.READY:
+            continue
+        remaining = tolerate - (now - node["status_changed_at"]).total_seconds()
+        if remaining > 0:
+            recheck_in = remaining if recheck_in is None else min(recheck_in, remaining)
+            continue
+        replica.phase = Replica.Phase.TERMINATING
+        replica.ready = False
+        replica.message = (
+            f"node {node['name']} lost for {tolerate} s: replaced elsewhere; stopped there when it returns"
+        )
+        replica.save(update_fields=["phase", "ready", "message", "updated_at"])
+        record_event(replica, "NodeLost", replica.message, warning=True, now=now)
+        replaced.append(replica.name)
+    return replaced, recheck_in
+
+
+def _evict(spec, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str], float | None]:
     """Replicas on nodes with a NoExecute taint they do not tolerate (or tolerate for a
     time that has run out) are stopped there; the plan then replaces them elsewhere."""
-    on_nodes = {r.node_id for r in rows.values() if r.node_id and r.phase in Replica.ACTIVE}
-    if not on_nodes:
-        return [], None
     tainted = {
-        pk: (name, taints)
-        for pk, name, taints in Node.objects.filter(pk__in=on_nodes).values_list("pk", "name", "taints")
-        if any(t.get("effect") == "NoExecute" for t in taints)
+        pk: (node["name"], node["taints"])
+        for pk, node in nodes.items()
+        if any(t.get("effect") == "NoExecute" for t in node["taints"])
     }
+    if not tainted:
+        return [], None
     evicted, recheck_in = [], None
     for replica in rows.values():
         if replica.node_id not in tainted or replica.phase not in Replica.ACTIVE:
@@ -133,8 +223,9 @@ def _evict(spec, rows: dict[str, Replica], now) -> tuple[list[str], float | None
                     recheck_in = remaining if recheck_in is None else min(recheck_in, remaining)
                     continue
             replica.phase = Replica.Phase.TERMINATING
+            replica.ready = False
             replica.message = f"evicted: node {node_name} has taint {taint}"
-            replica.save(update_fields=["phase", "message", "updated_at"])
+            replica.save(update_fields=["phase", "ready", "message", "updated_at"])
             record_event(replica, "Evicted", replica.message, warning=True, now=now)
             evicted.append(replica.name)
             break
@@ -144,11 +235,13 @@ def _evict(spec, rows: dict[str, Replica], now) -> tuple[list[str], float | None
 MAX_PLACEMENT_ROUNDS = 5
 
 
-def _place(deployment, spec, revision, waiting: list[Replica], create: int, rows: dict, now) -> set[int]:
-    """Place the waiting replicas and `create` new ones. Each round schedules against a
-    fresh snapshot and commits optimistically; the winners are written before the next
-    round, so its snapshot counts them. Returns the nodes placed on."""
-    template = deployment.template()
+def _place(
+    deployment, spec, revision, template, waiting: list[Replica], create: int, rows: dict, now
+) -> set[int]:
+    """Place the waiting replicas and `create` new ones (of `revision`, running `template`).
+    Each round schedules against a fresh snapshot and commits optimistically; the winners
+    are written before the next round, so its snapshot counts them. Returns the nodes
+    placed on."""
     taken = set(Replica.objects.filter(namespace=deployment.namespace).values_list("name", flat=True))
     placed_on: set[int] = set()
     reason = "placement lost to concurrent schedulers; retrying"
@@ -216,40 +309,91 @@ def _new_replica(deployment, revision, template, name, node_id, now, message="")
     )
 
 
-def _update_status(deployment: Deployment, replicas: list[Replica], now) -> bool:
-    """Write the deployment's status; True when anything in it changed."""
-    before = (
-        deployment.observed_generation,
-        deployment.status_replicas,
-        deployment.ready_replicas,
-        deployment.available_replicas,
-        [dict(c) for c in deployment.conditions],
-    )
+_STATUS_FIELDS = (
+    "observed_generation",
+    "status_replicas",
+    "ready_replicas",
+    "available_replicas",
+    "updated_replicas",
+    "complete_revision",
+    "progress_mark",
+    "progress_at",
+)
+
+
+def _update_status(deployment: Deployment, replicas: list[Replica], states, rollout, now):
+    """Write the deployment's status. Returns (changed, recheck in seconds, failure): the
+    failure is the Progressing message when the current rollout has just failed."""
+    before = [getattr(deployment, f) for f in _STATUS_FIELDS] + [[dict(c) for c in deployment.conditions]]
+    was_failed = (deployment.condition(Deployment.Condition.PROGRESSING) or {}).get("status") == "False"
     active = [r for r in replicas if r.is_active]
-    ready = sum(1 for r in active if r.is_ready)
+    by_name = {s.name: s for s in states}
+    revision = deployment.revision()
+
+    # Replicas created in this pass have no state yet: not available, not draining.
+    def is_available(r):
+        return r.name in by_name and by_name[r.name].available
+
+    def is_draining(r):
+        return r.name in by_name and by_name[r.name].draining
+
+    current = [r for r in active if r.revision == revision and not is_draining(r)]
+    available = sum(1 for r in active if is_available(r))
     deployment.observed_generation = deployment.generation
     deployment.status_replicas = len(active)
-    deployment.ready_replicas = ready
-    deployment.available_replicas = ready
-    available = ready >= deployment.replicas
+    deployment.ready_replicas = sum(1 for r in active if r.is_ready)
+    deployment.available_replicas = available
+    deployment.updated_replicas = len(current)
+    minimum = (
+        max(0, deployment.replicas - rollout.max_unavailable)
+        if rollout.type == "RollingUpdate"
+        else deployment.replicas
+    )
+    ok = available >= minimum
     deployment.set_condition(
         Deployment.Condition.AVAILABLE,
-        available,
-        "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-        f"{ready} of {deployment.replicas} replica(s) ready",
+        ok,
+        "MinimumReplicasAvailable" if ok else "MinimumReplicasUnavailable",
+        f"{available} of {deployment.replicas} replica(s) available (at least {minimum} required)",
         now,
     )
-    revision = deployment.revision()
-    up_to_date = sum(1 for r in active if r.revision == revision)
-    complete = up_to_date == deployment.replicas == len(active) and available
     unplaced = [r for r in active if r.node_id is None]
-    if complete:
-        progress = (True, "NewReplicasAvailable", "all replicas run the current spec")
-    elif unplaced:
-        progress = (True, "ReplicasPending", f"{len(unplaced)} replica(s) waiting: {unplaced[0].message}")
-    else:
-        progress = (True, "ReplicasUpdating", f"{up_to_date} of {deployment.replicas} replica(s) up to date")
-    deployment.set_condition(Deployment.Condition.PROGRESSING, *progress, now)
+    crashing = next(
+        (
+            r
+            for r in current
+            if not r.is_ready
+            and (
+                r.restart_count >= CRASH_LOOP_RESTARTS
+                or (r.phase == Replica.Phase.FAILED and deployment.restart_policy == "never")
+            )
+        ),
+        None,
+    )
+    counts = RolloutCounts(
+        desired=deployment.replicas,
+        revision=deployment.current_revision,
+        current=len(current),
+        current_available=sum(1 for r in current if is_available(r)),
+        old=len(active) - len(current),
+        unplaced=len(unplaced),
+        unplaced_reason=unplaced[0].message if unplaced else "",
+        crash_looping=f"{crashing.name}: {crashing.message or crashing.phase}" if crashing else "",
+    )
+    verdict = assess(
+        counts,
+        paused=deployment.paused,
+        deadline_seconds=deployment.progress_deadline_seconds,
+        last_mark=deployment.progress_mark,
+        last_progress_at=deployment.progress_at,
+        now=now,
+    )
+    deployment.progress_mark, deployment.progress_at = verdict.mark, verdict.progress_at
+    if verdict.reason == "NewReplicasAvailable":
+        deployment.complete_revision = max(deployment.complete_revision, deployment.current_revision)
+    deployment.set_condition(
+        Deployment.Condition.PROGRESSING, verdict.status, verdict.reason, verdict.message, now
+    )
     failed = [r for r in active if r.phase == Replica.Phase.FAILED]
     deployment.set_condition(
         Deployment.Condition.REPLICA_FAILURE,
@@ -258,22 +402,31 @@ def _update_status(deployment: Deployment, replicas: list[Replica], now) -> bool
         f"{failed[0].name}: {failed[0].message}" if failed else "",
         now,
     )
-    after = (
-        deployment.observed_generation,
-        deployment.status_replicas,
-        deployment.ready_replicas,
-        deployment.available_replicas,
-        deployment.conditions,
-    )
+    failure = verdict.message if verdict.failed and not was_failed else None
+    after = [getattr(deployment, f) for f in _STATUS_FIELDS] + [deployment.conditions]
     if after == before:
-        return False
-    deployment.save(
-        update_fields=[
-            "observed_generation",
-            "status_replicas",
-            "ready_replicas",
-            "available_replicas",
-            "conditions",
-        ]
+        return False, verdict.recheck_in, failure
+    deployment.save(update_fields=[*_STATUS_FIELDS, "conditions"])
+    # progress_mark/progress_at alone moving is bookkeeping, not news for viewers
+    return True, verdict.recheck_in, failure
+
+
+def _on_rollout_failure(deployment: Deployment, message: str, now) -> None:
+    """The current rollout just failed: say so, and roll back when the spec asks for it and
+    the revision never completed (a deployment that ran fine and later crashes is not a
+    failed rollout)."""
+    record_event(
+        deployment,
+        "RolloutFailed",
+        f"revision {deployment.current_revision}: {message}",
+        warning=True,
+        now=now,
     )
-    return True
+    if deployment.on_failure != "rollback" or deployment.complete_revision >= deployment.current_revision:
+        return
+    try:
+        services.do_rollback_deployment(
+            deployment, None, "berth", reason=f"revision {deployment.current_revision} failed"
+        )
+    except services.RollbackError as exc:
+        record_event(deployment, "RollbackSkipped", str(exc), warning=True, now=now)

@@ -19,7 +19,20 @@ from orchestrator.models import Replica
 
 log = logging.getLogger(__name__)
 
-_OBSERVED = ("phase", "container_id", "exit_code", "message", "restart_count", "started_at", "finished_at")
+_OBSERVED = (
+    "phase",
+    "container_id",
+    "exit_code",
+    "last_exit_code",
+    "message",
+    "restart_count",
+    "started_at",
+    "finished_at",
+    "ready",
+    "ready_since",
+    "health",
+)
+_HEALTH = ("starting", "healthy", "unhealthy")
 
 
 def _time(value) -> datetime | None:
@@ -37,15 +50,25 @@ def _observed_fields(entry: dict) -> dict | None:
     if phase not in Replica.REPORTABLE:
         return None
     exit_code = entry.get("exit_code")
+    last_exit_code = entry.get("last_exit_code", exit_code)
     restarts = entry.get("restart_count") or 0
+    started_at = _time(entry.get("started_at"))
+    # Agents before readiness probes existed send no `ready`: running meant ready.
+    ready = entry.get("ready", phase == Replica.Phase.RUNNING) is True and phase == Replica.Phase.RUNNING
+    ready_since = (_time(entry.get("ready_since")) or started_at) if ready else None
+    health = entry.get("health")
     return {
         "phase": phase,
         "container_id": str(entry.get("container_id") or "")[:80],
         "exit_code": exit_code if isinstance(exit_code, int) else None,
+        "last_exit_code": last_exit_code if isinstance(last_exit_code, int) else None,
         "message": str(entry.get("message") or "")[:2000],
         "restart_count": restarts if isinstance(restarts, int) and restarts >= 0 else 0,
-        "started_at": _time(entry.get("started_at")),
+        "started_at": started_at,
         "finished_at": _time(entry.get("finished_at")),
+        "ready": ready,
+        "ready_since": ready_since,
+        "health": health if health in _HEALTH else "",
     }
 
 

@@ -98,13 +98,14 @@ def test_a_vanished_deployment_is_a_no_op(db):
 @pytest.mark.parametrize("phase", ["Running", "Starting"])
 def test_a_spec_change_rolls_to_new_replicas_before_retiring_old(ready_nodes, phase):
     ready_nodes("h1", "h2")
-    deployment = create(replicas=2)
+    surge_only = {"type": "RollingUpdate", "max_surge": 2, "max_unavailable": 0}
+    deployment = create(replicas=2, update_strategy=surge_only)
     reconcile_deployment(deployment.pk)
-    Replica.objects.update(phase=Replica.Phase.RUNNING)
+    Replica.objects.update(phase=Replica.Phase.RUNNING, ready=True)
     services.do_update_deployment(deployment, {"image": "busybox:2"}, None)
     reconcile_deployment(deployment.pk)
     assert Replica.objects.filter(phase=Replica.Phase.RUNNING).count() == 2  # old ones still serve
-    Replica.objects.filter(template__image="busybox:2").update(phase=phase)
+    Replica.objects.filter(template__image="busybox:2").update(phase=phase, ready=phase == "Running")
     reconcile_deployment(deployment.pk)
     retired = Replica.objects.filter(phase=Replica.Phase.TERMINATING).count()
     assert retired == (2 if phase == "Running" else 0)

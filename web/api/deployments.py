@@ -1,6 +1,7 @@
 """Deployments and their replicas: /api/v1/namespaces/{ns}/deployments/..."""
 
 import re
+from collections import Counter
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -19,6 +20,13 @@ from web.api.placement import (
     SpreadSerializer,
     TolerationSerializer,
     validate_node_selector,
+)
+from web.api.rollouts import (
+    LivenessProbeSerializer,
+    ProbeSerializer,
+    RevisionSerializer,
+    RollbackSerializer,
+    UpdateStrategySerializer,
 )
 
 MAX_REPLICAS = 10_000
@@ -65,6 +73,8 @@ class DeploymentStatusSerializer(serializers.Serializer):
     replicas = serializers.IntegerField(source="status_replicas")
     ready_replicas = serializers.IntegerField()
     available_replicas = serializers.IntegerField()
+    updated_replicas = serializers.IntegerField(help_text="replicas running the current revision")
+    revision = serializers.IntegerField(source="current_revision")
     observed_generation = serializers.IntegerField()
     conditions = ConditionSerializer(many=True)
 
@@ -92,6 +102,25 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     tolerations = TolerationSerializer(many=True, required=False)
     topology_spread = SpreadSerializer(many=True, required=False)
     max_per_node = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    restart_policy = serializers.ChoiceField(choices=["always", "on-failure", "never"], default="always")
+    termination_grace_seconds = serializers.IntegerField(
+        min_value=0, max_value=3600, default=10, help_text="SIGTERM, this long, then SIGKILL"
+    )
+    readiness_probe = ProbeSerializer(required=False, allow_null=True)
+    liveness_probe = LivenessProbeSerializer(required=False, allow_null=True)
+    update_strategy = UpdateStrategySerializer(required=False)
+    min_ready_seconds = serializers.IntegerField(min_value=0, max_value=3600, default=0)
+    progress_deadline_seconds = serializers.IntegerField(min_value=1, max_value=86400, default=600)
+    paused = serializers.BooleanField(default=False)
+    on_failure = serializers.ChoiceField(
+        choices=["none", "rollback"], default="none", help_text="what a failed rollout does"
+    )
+    node_loss_toleration_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=86400,
+        default=5,
+        help_text="wait this long before replacing replicas of a lost node",
+    )
     status = DeploymentStatusSerializer(source="*", read_only=True)
 
     class Meta:
@@ -111,6 +140,16 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "tolerations",
             "topology_spread",
             "max_per_node",
+            "restart_policy",
+            "termination_grace_seconds",
+            "readiness_probe",
+            "liveness_probe",
+            "update_strategy",
+            "min_ready_seconds",
+            "progress_deadline_seconds",
+            "paused",
+            "on_failure",
+            "node_loss_toleration_seconds",
             "generation",
             "created_at",
             "status",
@@ -175,6 +214,14 @@ class DeploymentSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         for field in ("tolerations", "topology_spread"):
             if field in attrs:
                 attrs[field] = [dict(item) for item in attrs[field]]
+        min_ready = attrs.get("min_ready_seconds", getattr(self.instance, "min_ready_seconds", 0))
+        deadline = attrs.get(
+            "progress_deadline_seconds", getattr(self.instance, "progress_deadline_seconds", 600)
+        )
+        if deadline <= min_ready:
+            raise serializers.ValidationError(
+                {"progress_deadline_seconds": [f"must be longer than min_ready_seconds ({min_ready})"]}
+            )
         keys = [c["topology_key"] for c in attrs.get("topology_spread", [])]
         if len(keys) != len(set(keys)):
             raise serializers.ValidationError({"topology_spread": ["a topology_key is listed twice"]})
@@ -212,7 +259,11 @@ class ReplicaSerializer(serializers.ModelSerializer):
             "message",
             "container_id",
             "exit_code",
+            "last_exit_code",
             "restart_count",
+            "ready",
+            "ready_since",
+            "health",
             "revision",
             "created_at",
             "scheduled_at",
@@ -288,6 +339,44 @@ class DeploymentViewSet(
         page = self.paginate_queryset(queryset)
         serializer = ReplicaSerializer(page if page is not None else queryset, many=True)
         return self.get_paginated_response(serializer.data) if page is not None else Response(serializer.data)
+
+    @extend_schema(responses=RevisionSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def revisions(self, request, namespace=None, name=None):
+        """The deployment's revision history, newest first."""
+        deployment = self.get_object()
+        counts = Counter(
+            deployment.replica_set.filter(phase__in=Replica.ACTIVE).values_list("revision", flat=True)
+        )
+        revisions = deployment.revisions.order_by("-number")
+        context = {**self.get_serializer_context(), "replica_counts": counts}
+        return Response(RevisionSerializer(revisions, many=True, context=context).data)
+
+    @extend_schema(request=RollbackSerializer, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, namespace=None, name=None):
+        """Run an earlier revision again (default: the one before the current)."""
+        deployment = self.get_object()
+        body = RollbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            services.do_rollback_deployment(deployment, body.validated_data.get("revision"), request.user)
+        except services.RollbackError as exc:
+            return Response({"revision": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(self.get_serializer(self.get_object()).data)
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request, namespace=None, name=None):
+        """Pause the rollout: scaling still works, new revisions wait."""
+        deployment = services.do_update_deployment(self.get_object(), {"paused": True}, request.user)
+        return Response(self.get_serializer(deployment).data)
+
+    @extend_schema(request=None, responses=DeploymentSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, namespace=None, name=None):
+        deployment = services.do_update_deployment(self.get_object(), {"paused": False}, request.user)
+        return Response(self.get_serializer(deployment).data)
 
 
 def get_deployment_or_404(namespace: str, name: str) -> Deployment:

@@ -12,6 +12,7 @@ from nodes.services import (
     NodeNotRemovable,
     do_cordon_node,
     do_delete_node,
+    do_drain_node,
     do_uncordon_node,
     do_update_node,
 )
@@ -139,6 +140,7 @@ class NodeSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "user_labels",
             "agent_labels",
             "unschedulable",
+            "drain_started_at",
             "taints",
             "capacity",
             "reserved",
@@ -265,5 +267,14 @@ class NodeViewSet(
     @extend_schema(request=None, responses=NodeDetailSerializer)
     @action(detail=True, methods=["post"])
     def uncordon(self, request, name=None):
-        """Let replicas be placed on the node again."""
+        """Let replicas be placed on the node again (this also ends a drain)."""
         return Response(NodeDetailSerializer(do_uncordon_node(self.get_object(), request.user)).data)
+
+    @extend_schema(request=None, responses=NodeDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def drain(self, request, name=None):
+        """Cordon the node and move its replicas to other nodes, honouring each
+        deployment's max_surge and max_unavailable. `status.draining` and the replica
+        count show progress; uncordon ends it."""
+        node = do_drain_node(self.get_object(), request.user)
+        return Response(NodeDetailSerializer(node).data, status=status.HTTP_202_ACCEPTED)
