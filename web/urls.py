@@ -28,6 +28,16 @@ urlpatterns = [
         name="deployment-scale",
     ),
     path(
+        "namespaces/<str:namespace>/deployments/<str:name>/rollback/",
+        views.deployment_rollback,
+        name="deployment-rollback",
+    ),
+    path(
+        "namespaces/<str:namespace>/deployments/<str:name>/pause/",
+        views.deployment_pause,
+        name="deployment-pause",
+    ),
+    path(
         "namespaces/<str:namespace>/deployments/<str:name>/delete/",
         views.deployment_delete,
         name="deployment-delete",

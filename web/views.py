@@ -15,6 +15,7 @@ from orchestrator.models import Deployment, Event, Namespace, Replica
 from orchestrator.quantities import format_cpu, format_memory
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
 from web.api.nodes import NodeSerializer
+from web.api.rollouts import revision_rows, strategy_text
 from web.forms import FormInputError, deployment_payload
 from web.node_forms import labels_text, parse_labels, parse_taints, taints_text
 
@@ -233,12 +234,17 @@ def deployment_detail(request, namespace, name):
     deployment = get_deployment_or_404(namespace, name)
     replicas = deployment.replica_set.select_related("node").order_by("created_at", "name")
     command_line = shlex.join(deployment.command) if deployment.command else ""
+    current_hash = deployment.revision()
     return render(
         request,
         "deployments/detail.html",
         {
             "deployment": deployment,
             "replicas": replicas,
+            "revisions": revision_rows(deployment),
+            "current_hash": current_hash,
+            "old_replicas": sum(1 for r in replicas if r.is_active and r.revision != current_hash),
+            "strategy_text": strategy_text(deployment),
             "command_line": command_line,
             "cpu": format_cpu(deployment.cpu_request),
             "memory": format_memory(deployment.memory_request),
@@ -266,6 +272,34 @@ def deployment_scale(request, namespace, name):
         return redirect("deployment-detail", namespace=namespace, name=name)
     serializer.save()
     messages.success(request, f"Scaled {name} to {serializer.validated_data['replicas']} replica(s).")
+    return redirect("deployment-detail", namespace=namespace, name=name)
+
+
+@login_required
+@require_POST
+def deployment_rollback(request, namespace, name):
+    deployment = get_deployment_or_404(namespace, name)
+    try:
+        revision = int(request.POST.get("revision", ""))
+    except ValueError:
+        messages.error(request, "Revision: give the number of the revision to roll back to.")
+        return redirect("deployment-detail", namespace=namespace, name=name)
+    try:
+        new = services.do_rollback_deployment(deployment, revision, request.user)
+    except services.RollbackError as exc:
+        messages.error(request, f"Revision: {exc}.")
+    else:
+        messages.success(request, f"Rolling back to revision {revision} (now revision {new.number}).")
+    return redirect("deployment-detail", namespace=namespace, name=name)
+
+
+@login_required
+@require_POST
+def deployment_pause(request, namespace, name):
+    deployment = get_deployment_or_404(namespace, name)
+    paused = request.POST.get("paused") == "true"
+    services.do_update_deployment(deployment, {"paused": paused}, request.user)
+    messages.success(request, f"Rollout of {name} {'paused' if paused else 'resumed'}.")
     return redirect("deployment-detail", namespace=namespace, name=name)
 
 

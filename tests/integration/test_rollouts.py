@@ -325,3 +325,18 @@ def test_min_ready_seconds_delays_availability(ready_nodes):
     Replica.objects.update(ready_since=timezone.now() - timedelta(seconds=11))
     reconcile_deployment(deployment().pk)
     assert deployment().available_replicas == 1
+
+
+def test_dashboard_shows_revisions_and_rolls_back(api, user, client):
+    api.post(URL, SPEC, format="json")
+    api.patch(URL + "web/", {"image": "berth-test/busybox:2"}, format="json")
+    client.force_login(user)
+    page = client.get("/namespaces/default/deployments/web/").content.decode()
+    assert 'data-revision="2"' in page and "Roll back to 1" in page and "Roll back to 2" not in page
+    response = client.post("/namespaces/default/deployments/web/rollback/", {"revision": "7"}, follow=True)
+    assert "revision 7 not found" in response.content.decode()
+    client.post("/namespaces/default/deployments/web/rollback/", {"revision": "1"})
+    assert deployment().image == "berth-test/busybox:1" and deployment().current_revision == 3
+    client.post("/namespaces/default/deployments/web/pause/", {"paused": "true"})
+    assert deployment().paused
+    assert "Resume rollout" in client.get("/namespaces/default/deployments/web/").content.decode()

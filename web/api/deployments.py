@@ -1,7 +1,6 @@
 """Deployments and their replicas: /api/v1/namespaces/{ns}/deployments/..."""
 
 import re
-from collections import Counter
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
@@ -27,6 +26,7 @@ from web.api.rollouts import (
     RevisionSerializer,
     RollbackSerializer,
     UpdateStrategySerializer,
+    revision_rows,
 )
 
 MAX_REPLICAS = 10_000
@@ -344,13 +344,7 @@ class DeploymentViewSet(
     @action(detail=True, methods=["get"])
     def revisions(self, request, namespace=None, name=None):
         """The deployment's revision history, newest first."""
-        deployment = self.get_object()
-        counts = Counter(
-            deployment.replica_set.filter(phase__in=Replica.ACTIVE).values_list("revision", flat=True)
-        )
-        revisions = deployment.revisions.order_by("-number")
-        context = {**self.get_serializer_context(), "replica_counts": counts}
-        return Response(RevisionSerializer(revisions, many=True, context=context).data)
+        return Response(revision_rows(self.get_object()))
 
     @extend_schema(request=RollbackSerializer, responses=DeploymentSerializer)
     @action(detail=True, methods=["post"])

@@ -1,6 +1,7 @@
 """Validation of a deployment's health checks and update strategy, and its revisions."""
 
 import re
+from collections import Counter
 
 from rest_framework import serializers
 
@@ -154,3 +155,32 @@ class RollbackSerializer(StrictSerializer):
         allow_null=True,
         help_text="the revision to go back to; default the previous",
     )
+
+
+def revision_rows(deployment) -> list[dict]:
+    """The deployment's revisions, newest first, each with how many replicas run it now."""
+    from orchestrator.models import Replica
+
+    counts = Counter(
+        deployment.replica_set.filter(phase__in=Replica.ACTIVE).values_list("revision", flat=True)
+    )
+    revisions = deployment.revisions.select_related("deployment").order_by("-number")
+    return RevisionSerializer(revisions, many=True, context={"replica_counts": counts}).data
+
+
+def strategy_text(deployment) -> str:
+    """The update strategy in words, for the dashboard."""
+    strategy = deployment.update_strategy or {}
+    if strategy.get("type") == "Recreate":
+        text = "Recreate: all old replicas stop before new ones start"
+    else:
+        text = (
+            f"Rolling update: up to {strategy.get('max_surge', '25%')} extra, "
+            f"{strategy.get('max_unavailable', '25%')} unavailable"
+        )
+    if deployment.min_ready_seconds:
+        text += f"; ready for {deployment.min_ready_seconds} s to count"
+    text += f"; deadline {deployment.progress_deadline_seconds} s"
+    if deployment.on_failure == "rollback":
+        text += ", then roll back"
+    return text

@@ -17,6 +17,7 @@ from orchestrator.models import Deployment
 from web.api.deployments import DeploymentSerializer, ReplicaSerializer
 from web.api.events import EventSerializer
 from web.api.nodes import NodeSerializer
+from web.api.rollouts import revision_rows
 from web.permissions import can_view_cluster, can_view_namespace
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class DeploymentConsumer(SnapshotConsumer):
             "type": "deployment",
             "deployment": DeploymentSerializer(deployment).data,
             "replicas": ReplicaSerializer(replicas, many=True).data,
+            "revisions": revision_rows(deployment),
             "events": EventSerializer(events, many=True).data,
         }
 

@@ -100,10 +100,47 @@
       el("b", { text: c.type }), document.createTextNode(" " + c.status + " "),
       el("span", { class: "muted", text: c.reason + (c.message ? ": " + c.message : "") }),
     ])));
+    const revisions = msg.revisions || [];
+    const numberOf = {};
+    revisions.forEach((rev) => { if (!(rev.hash in numberOf) || rev.current) numberOf[rev.hash] = rev.revision; });
+    const current = revisions.find((rev) => rev.current);
+    const active = msg.replicas.filter((r) => r.phase !== "Terminating");
+    const old = active.filter((r) => !current || r.revision !== current.hash).length;
+    setText("#rollout-revision", d.status.revision);
+    setText("#rollout-updated", d.status.updated_replicas);
+    setText("#rollout-available", d.status.available_replicas);
+    setText("#rollout-old", old);
+    const progress = document.getElementById("rollout-progress");
+    if (progress) { progress.max = Math.max(d.replicas, 1); progress.value = d.status.updated_replicas; }
+    const paused = document.getElementById("rollout-paused");
+    if (paused) paused.hidden = !d.paused;
+    const pauseButton = document.getElementById("pause-button");
+    if (pauseButton) {
+      pauseButton.textContent = d.paused ? "Resume rollout" : "Pause rollout";
+      pauseButton.form.querySelector("input[name=paused]").value = d.paused ? "false" : "true";
+    }
     fillTable("replicas-table", msg.replicas.map((r) => el("tr", { "data-replica": r.name }, [
-      td(r.name), td(r.node || "—"), badge(r.phase), td(r.restart_count),
+      td(r.name), td(r.node || "—"), badge(r.phase), td(r.ready ? "yes" : "no", { "data-ready": "" }),
+      td(current && r.revision === current.hash ? String(current.revision) : (numberOf[r.revision] ? "old (" + numberOf[r.revision] + ")" : "old"), { class: current && r.revision === current.hash ? "" : "muted" }),
+      td(r.restart_count + (r.last_exit_code !== null && r.last_exit_code !== undefined ? " (last exit " + r.last_exit_code + ")" : "")),
       el("td", {}, [el("code", { text: (r.container_id || "").slice(0, 12) })]), td(r.message, { class: "muted" }),
-    ])), "No replicas.", 6);
+    ])), "No replicas.", 8);
+    const revTable = document.getElementById("revisions-table");
+    if (revTable) {
+      const url = revTable.dataset.rollbackUrl;
+      const csrf = document.querySelector("input[name=csrfmiddlewaretoken]");
+      fillTable("revisions-table", revisions.map((rev) => el("tr", { "data-revision": rev.revision }, [
+        el("td", {}, [document.createTextNode(String(rev.revision)), ...(rev.current ? [document.createTextNode(" "), el("span", { class: "badge Running", text: "current" })] : [])]),
+        el("td", {}, [el("code", { text: rev.spec.image })]), td(rev.replicas),
+        td(rev.change_cause + (rev.actor ? " · " + rev.actor : ""), { class: "muted" }),
+        td(new Date(rev.created_at).toLocaleString(), { class: "muted" }),
+        el("td", {}, rev.current || !csrf ? [] : [el("form", { method: "post", action: url, class: "inline" }, [
+          el("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrf.value }),
+          el("input", { type: "hidden", name: "revision", value: String(rev.revision) }),
+          el("button", { type: "submit", text: "Roll back to " + rev.revision }),
+        ])]),
+      ])), "No revisions.", 6);
+    }
     const events = document.getElementById("events");
     if (events) events.replaceChildren(...msg.events.map((e) => el("li", { class: e.type }, [
       el("time", { text: new Date(e.last_seen).toLocaleTimeString() }), document.createTextNode(" "),
