@@ -128,7 +128,13 @@ def test_draining_replicas_move_like_old_ones():
 
 @pytest.mark.parametrize(
     ("value", "desired", "round_up", "expected"),
-    [(3, 10, True, 3), ("25%", 10, True, 3), ("25%", 10, False, 2), ("0%", 4, True, 0), ("100%", 4, False, 4)],
+    [
+        (3, 10, True, 3),
+        ("25%", 10, True, 3),
+        ("25%", 10, False, 2),
+        ("0%", 4, True, 0),
+        ("100%", 4, False, 4),
+    ],
 )
 def test_resolve_amount(value, desired, round_up, expected):
     assert resolve_amount(value, desired, round_up=round_up) == expected
@@ -180,7 +186,8 @@ def test_plan_only_stops_existing_replicas_once_through_the_right_path(desired, 
 
 @given(desired=st.integers(0, 15), replicas=replica_lists, rollout=rollouts)
 def test_plan_is_deterministic(desired, replicas, rollout):
-    assert compute_plan(desired, "r1", replicas, rollout) == compute_plan(desired, "r1", list(replicas), rollout)
+    again = compute_plan(desired, "r1", list(replicas), rollout)
+    assert compute_plan(desired, "r1", replicas, rollout) == again
 
 
 def _simulate(desired, old_count, rollout, ready_order, max_steps=200):
@@ -196,7 +203,7 @@ def _simulate(desired, old_count, rollout, ready_order, max_steps=200):
         for _ in range(plan.create):
             counter += 1
             name = f"new-{counter}"
-            replicas[name] = replica(name, revision="r2", phase="Starting", available=False, age=1000 + counter)
+            replicas[name] = replica(name, "Starting", "r2", available=False, age=1000 + counter)
         yield plan, dict(replicas)
         pending = [r for r in replicas.values() if not r.available]
         if pending and ready_order[step % len(ready_order)]:
