@@ -151,6 +151,9 @@ def do_update_node(node: Node, changes: dict, actor) -> Node:
             else:
                 events.append(("Uncordoned", "uncordoned: replicas may be placed here again"))
                 makes_room = True
+                if locked.drain_started_at is not None:
+                    locked.drain_started_at = None
+                    changed.append("drain_started_at")
         if "user_labels" in changed:
             events.append(("LabelsChanged", _describe_labels(locked.user_labels, changes["user_labels"])))
             makes_room = True
@@ -173,7 +176,8 @@ def do_update_node(node: Node, changes: dict, actor) -> Node:
             events.append(("ReservedChanged", "reserved " + ", ".join(reserved_parts)))
 
         for field in changed:
-            setattr(locked, field, changes[field])
+            if field in changes:
+                setattr(locked, field, changes[field])
         if "taints" in changed:
             locked.taints = _stamped_taints(changes["taints"], locked_old_taints, now)
         locked.resource_version += 1
@@ -200,13 +204,7 @@ def do_cordon_node(node: Node, actor) -> Node:
 
 def do_uncordon_node(node: Node, actor) -> Node:
     """Let replicas be placed on the node again; also ends a drain."""
-    with transaction.atomic():
-        locked = Node.objects.select_for_update().get(pk=node.pk)
-        if locked.drain_started_at is not None:
-            locked.drain_started_at = None
-            locked.save(update_fields=["drain_started_at"])
-            record_event(locked, "DrainStopped", "uncordoned: the drain is over", actor=_actor_name(actor))
-        return do_update_node(locked, {"unschedulable": False}, actor)
+    return do_update_node(node, {"unschedulable": False}, actor)
 
 
 def do_drain_node(node: Node, actor) -> Node:
