@@ -1,0 +1,126 @@
+"""Rollout speed: roll 10 replicas that have an HTTP readiness probe to a new revision with
+max_surge 25%, against one replica going from create to ready, in the same run.
+
+Two real hosts. `single_replica_ready_s` is a 1-replica deployment from POST until the
+API reports it available (the probe passed); `rollout_s` is a 10-replica deployment's
+PATCH until all 10 replicas of the new revision are available and the old ones gone.
+`ratio` = rollout_s / single_replica_ready_s (the target is at most 3). Median of
+--runs runs each, interleaved. Needs root.
+
+    sudo .venv/bin/python benchmarks/rollout.py [--runs 3] [--replicas 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+
+from realhosts import PRODUCTION_TIMINGS, real_cluster
+
+from tests.harness.waiting import wait_for
+
+IMAGE = "berth-test/busybox:1"
+WEB = ["sh", "-c", 'mkdir -p /www && echo "$VERSION" > /www/index.html && httpd -f -p 8080 -h /www']
+PROBE = {"http_get": {"port": 8080, "path": "/index.html"}, "period_seconds": 1, "failure_threshold": 1}
+DEPLOYMENTS = "/api/v1/namespaces/default/deployments/"
+POLL = 0.02
+
+
+def log(message: str) -> None:
+    print(f"[rollout] {message}", file=sys.stderr, flush=True)
+
+
+def status(api, name) -> dict:
+    return api.get(f"{DEPLOYMENTS}{name}/").json()
+
+
+def spec(name: str, replicas: int) -> dict:
+    return {
+        "name": name, "image": IMAGE, "command": WEB, "env": {"VERSION": "1"}, "replicas": replicas,
+        "readiness_probe": PROBE, "termination_grace_seconds": 2,
+        "update_strategy": {"type": "RollingUpdate", "max_surge": "25%", "max_unavailable": "25%"},
+    }  # fmt: skip
+
+
+def wait_available(api, name, replicas, revision, deadline=180) -> None:
+    started = time.monotonic()
+    while True:
+        body = status(api, name)
+        s = body["status"]
+        if (
+            s["revision"] == revision
+            and s["updated_replicas"] == replicas == s["available_replicas"] == s["replicas"]
+        ):
+            return
+        if time.monotonic() - started > deadline:
+            raise RuntimeError(f"{name} not rolled out after {deadline} s: {s}")
+        time.sleep(POLL)
+
+
+def single(api) -> float:
+    name = f"one-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    api.post(DEPLOYMENTS, json=spec(name, 1)).raise_for_status()
+    wait_available(api, name, 1, 1)
+    elapsed = time.monotonic() - started
+    api.delete(f"{DEPLOYMENTS}{name}/").raise_for_status()
+    return elapsed
+
+
+def rollout(api, hosts, replicas: int) -> float:
+    name = f"roll-{uuid.uuid4().hex[:6]}"
+    api.post(DEPLOYMENTS, json=spec(name, replicas)).raise_for_status()
+    wait_available(api, name, replicas, 1)
+    started = time.monotonic()
+    api.patch(f"{DEPLOYMENTS}{name}/", json={"env": {"VERSION": "2"}}).raise_for_status()
+    wait_available(api, name, replicas, 2)
+    elapsed = time.monotonic() - started
+    api.delete(f"{DEPLOYMENTS}{name}/").raise_for_status()
+    wait_for(
+        lambda: (
+            not [c for h in hosts for c in h.berth_containers() if c.labels.get("berth.deployment") == name]
+        ),
+        60,
+        f"{name} removed",
+    )
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=10)
+    args = parser.parse_args()
+    with real_cluster(["h1", "h2"], env=PRODUCTION_TIMINGS, log=log) as (plane, hosts):
+        singles, rollouts = [], []
+        single(plane.api)  # warm-up: image cache, connections
+        for i in range(args.runs):
+            singles.append(single(plane.api))
+            rollouts.append(rollout(plane.api, hosts, args.replicas))
+            log(
+                f"run {i + 1}: one replica ready in {singles[-1]:.2f} s; "
+                f"rollout of {args.replicas} in {rollouts[-1]:.2f} s"
+            )
+        single_s, rollout_s = statistics.median(singles), statistics.median(rollouts)
+        print(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "replicas": args.replicas,
+                    "max_surge": "25%",
+                    "max_unavailable": "25%",
+                    "rollout_s": round(rollout_s, 2),
+                    "single_replica_ready_s": round(single_s, 2),
+                    "ratio": round(rollout_s / single_s, 2),
+                    "rollout_max_s": round(max(rollouts), 2),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
