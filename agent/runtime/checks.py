@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from agent import __version__
 from agent.probes import HttpGet, ProbeResult, TcpSocket
@@ -75,5 +76,7 @@ def parse_status_line(line: bytes) -> int | None:
 
 
 def _os_error(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    """ "connection refused", "no route to host": the error's own words, without the address."""
+    number = getattr(exc, "errno", None)
+    text = os.strerror(number) if isinstance(number, int) and number > 0 else str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
