@@ -84,7 +84,7 @@ class Reconciler:
         self._before_stop = before_stop
         self._relist_interval = relist_interval
         self._clock = clock
-        # Stopping waits up to the 10 s grace period: separate slots, so that removals can
+        # Stopping waits up to the termination grace: separate slots, so that removals can
         # never hold up creating and starting containers (the latency users wait on).
         # Creating and starting load the engine, so few at once; a stop mostly waits for the
         # process to exit, so many more can wait side by side.
@@ -371,7 +371,7 @@ class Reconciler:
                 await self._request_refresh(container.id)
             stopped = self._observed.get(container.id)
             record = self._restarts.get(action.key, _NO_HISTORY)
-            self._restarts[action.key] = record.after_stop(stopped, f"{action.reason}")
+            self._restarts[action.key] = record.after_stop(stopped, action.reason)
         elif isinstance(action, Remove):
             await self._remove(action.container, action.reason, action.grace)
             if self._desired is None or action.key not in self._desired:
