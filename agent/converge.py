@@ -232,6 +232,18 @@ def grace_of(container: ObservedContainer, replica: DesiredReplica | None = None
     return replica.termination_grace_seconds if replica is not None else DEFAULT_TERMINATION_GRACE
 
 
+def restarts_after_exit(replica: DesiredReplica, exited: ObservedContainer, record: RestartRecord) -> bool:
+    """Whether an exited container of `replica` is to be started again (after its back-off).
+
+    Its restart policy decides; a container the agent stopped itself because it failed its
+    liveness check counts as failed whatever its exit code (a restart in place whose start
+    failed is retried under on-failure too).
+    """
+    if replica.restart_policy.restarts(exited):
+        return True
+    return record.stopped_for is not None and replica.restart_policy == RestartPolicy.ON_FAILURE
+
+
 def unhealthy_reason(
     replica: DesiredReplica, container: ObservedContainer, probes: ContainerProbes | None
 ) -> str | None:
@@ -269,7 +281,7 @@ def _plan_kept(
     elif container.state == ContainerState.CREATED:
         add(Start(container, replica))
     elif container.state == ContainerState.EXITED:
-        if not replica.restart_policy.restarts(container):
+        if not restarts_after_exit(replica, container, record):
             return  # Succeeded or Failed for good, until it is removed or replaced
         due = max(record.restart_due_at(container), record.retry_due_at() or 0.0)
         if due > now:

@@ -428,6 +428,9 @@ class Reconciler:
         finally:
             await self._request_refresh(container.id)
         stopped = self._observed.get(container.id, container)
+        # Should the start fail, the planner knows it was stopped for failing (policy on-failure).
+        record = record.after_stop(stopped, action.reason)
+        self._restarts[action.key] = record
         try:
             await self._runtime.start(container.id)
             self._restarts[action.key] = record.after_restart(stopped, self._clock())

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.converge import canonical_container, owned_by_replica, unhealthy_reason
+from agent.converge import canonical_container, owned_by_replica, restarts_after_exit, unhealthy_reason
 from agent.probes import ContainerProbes
 from agent.replicas import (
     ContainerState,
@@ -228,10 +228,11 @@ def _container_phase(
 
     # exited, dead, removing: the process is gone and its exit code tells how it went
     summary = exit_summary(container, replica)
-    phase = Phase.FAILED if container.failed else Phase.SUCCEEDED
+    # Stopped by the agent for failing its liveness check: a failure whatever the exit code.
+    phase = Phase.FAILED if container.failed or record.stopped_for is not None else Phase.SUCCEEDED
     if replica is None or activity is not None:
         return phase, summary + removing
-    if not replica.restart_policy.restarts(container):
+    if not restarts_after_exit(replica, container, record):
         policy = f"restart policy {replica.restart_policy}: not restarting"
         if record.stopped_for is not None:
             return Phase.FAILED, f"{record.stopped_for}; stopped ({summary}); {policy}"

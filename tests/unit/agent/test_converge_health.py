@@ -183,3 +183,16 @@ def test_labels_carry_the_grace():
     assert have("a").termination_grace == 10
     odd = have("a")
     assert replace(odd, labels={**odd.labels, GRACE_LABEL: "soon"}).termination_grace is None
+
+
+def test_a_container_stopped_for_liveness_counts_as_failed_for_on_failure():
+    # The restart in place stopped it (its TERM trap exited 0), then its start failed.
+    stopped = exited(0)
+    record = RestartRecord(stopped_for="liveness probe failed 2 times: ...", last_exit_code=0)
+    later = NOW + 100
+    on_failure = want("a", restart_policy=RestartPolicy.ON_FAILURE)
+    assert [type(a) for a in plan([on_failure], [stopped], later, {KEY: record}, node=NODE).actions] == [
+        Restart
+    ]
+    never = want("a", restart_policy=RestartPolicy.NEVER)
+    assert plan([never], [stopped], later, {KEY: record}, node=NODE).actions == []
