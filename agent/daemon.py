@@ -57,7 +57,7 @@ async def serve_node(
     a fake runtime. `reporter.run` is called once per welcomed connection.
     """
     reporter = reporter or StatusReporter()
-    reconciler = Reconciler(runtime, node, on_change=reporter.mark_dirty)
+    reconciler = Reconciler(runtime, node, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
     session = Session(config, enroller, reconciler, reporter, runtime, engine)
     async with asyncio.TaskGroup() as group:
         group.create_task(reconciler.run(), name="berth-reconciler")

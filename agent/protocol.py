@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent import __version__
-from agent.replicas import DesiredReplica, PortMapping, Resources
+from agent.probes import Exec, Handler, HttpGet, Probe, TcpSocket
+from agent.replicas import (
+    DEFAULT_TERMINATION_GRACE,
+    MAX_TERMINATION_GRACE,
+    DesiredReplica,
+    PortMapping,
+    Resources,
+    RestartPolicy,
+)
 from agent.runtime import MAX_IMAGES, EngineInfo
 from agent.status import ReplicaStatus
 
@@ -23,6 +31,18 @@ DEFAULT_HEARTBEAT_INTERVAL = 5.0
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
+# An HTTP probe's path goes into a request line: absolute, no spaces or control characters.
+_HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")
+_MAX_INT32 = 2**31 - 1  # probe numbers are int32 (as Kubernetes'): no float overflow in timers
+# (field, default, minimum) of a probe's numbers (protocol section 2).
+_PROBE_NUMBERS = (
+    ("initial_delay_seconds", 0, 0),
+    ("period_seconds", 10, 1),
+    ("timeout_seconds", 1, 1),
+    ("failure_threshold", 3, 1),
+    ("success_threshold", 1, 1),
+)
+_PROBE_HANDLERS = ("http_get", "tcp_socket", "exec")
 
 
 class ProtocolError(ValueError):
@@ -80,6 +100,10 @@ def status_frame(generation: int, statuses: Sequence[ReplicaStatus]) -> dict[str
                 "restart_count": s.restart_count,
                 "started_at": format_time(s.started_at),
                 "finished_at": format_time(s.finished_at),
+                "ready": s.ready,
+                "ready_since": format_time(s.ready_since),
+                "health": str(s.health) if s.health is not None else None,
+                "last_exit_code": s.last_exit_code,
             }
             for s in statuses
         ],
@@ -172,7 +196,74 @@ def _parse_replica(item: Any, where: str) -> DesiredReplica:
         env=tuple(env.items()),
         ports=tuple(_parse_port(p, f"{where}.ports[{i}]") for i, p in enumerate(item.get("ports") or [])),
         resources=_parse_resources(item.get("resources") or {}, f"{where}.resources"),
+        restart_policy=_parse_restart_policy(item.get("restart_policy"), f"{where}.restart_policy"),
+        termination_grace_seconds=_parse_grace(
+            item.get("termination_grace_seconds"), f"{where}.termination_grace_seconds"
+        ),
+        readiness_probe=_parse_probe(item.get("readiness_probe"), f"{where}.readiness_probe"),
+        liveness_probe=_parse_probe(item.get("liveness_probe"), f"{where}.liveness_probe"),
     )
+
+
+def _parse_restart_policy(value: Any, where: str) -> RestartPolicy:
+    if value is None:
+        return RestartPolicy.ALWAYS
+    try:
+        return RestartPolicy(value)
+    except ValueError:
+        choices = ", ".join(p.value for p in RestartPolicy)
+        raise ProtocolError(f"{where} must be one of {choices}, got {value!r}") from None
+
+
+def _parse_grace(value: Any, where: str) -> int:
+    if value is None:
+        return DEFAULT_TERMINATION_GRACE
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TERMINATION_GRACE:
+        raise ProtocolError(f"{where} must be an integer number of seconds from 0 to {MAX_TERMINATION_GRACE}")
+    return value
+
+
+def _parse_probe(item: Any, where: str) -> Probe | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be null or an object")
+    present = [name for name in _PROBE_HANDLERS if item.get(name) is not None]
+    if len(present) != 1:
+        raise ProtocolError(f"{where} must have exactly one of {', '.join(_PROBE_HANDLERS)}")
+    numbers = {}
+    for field, default, minimum in _PROBE_NUMBERS:
+        value = item.get(field)
+        if value is None:
+            value = default
+        elif isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _MAX_INT32:
+            raise ProtocolError(f"{where}.{field} must be an integer from {minimum} to {_MAX_INT32}")
+        numbers[field] = value
+    return Probe(handler=_parse_handler(present[0], item[present[0]], f"{where}.{present[0]}"), **numbers)
+
+
+def _parse_handler(kind: str, item: Any, where: str) -> Handler:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"{where} must be an object")
+    if kind == "exec":
+        command = item.get("command")
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(part, str) for part in command)
+            or not command[0]
+        ):
+            raise ProtocolError(f"{where}.command must be a non-empty list of strings")
+        return Exec(command=tuple(command))
+    port = _port_number(item.get("port"), f"{where}.port")
+    if kind == "tcp_socket":
+        return TcpSocket(port=port)
+    path = item.get("path")
+    if path is None:
+        path = "/"
+    if not isinstance(path, str) or not _HTTP_PATH.match(path):
+        raise ProtocolError(f"{where}.path must start with '/' and have no spaces or control characters")
+    return HttpGet(port=port, path=path)
 
 
 def _parse_port(item: Any, where: str) -> PortMapping:

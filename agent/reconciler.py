@@ -7,6 +7,12 @@ trigger is harmless: the next plan sees the same state and decides the same. A r
 with an action in flight is skipped until that action ends, so it is never acted on twice
 at once, and nothing is planned before the first full list of the engine: that list is how
 containers are adopted after an agent restart, without duplicates.
+
+It owns the prober (agent/prober.py): before every plan it hands over the running
+containers of desired replicas, whose probe verdicts the plan (liveness restarts) and the
+status (`ready`) then read. Before it stops a running container it takes readiness off and
+waits (briefly) until a status frame saying so has gone out (`before_stop`): the control
+plane stops sending traffic before the process gets its SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,11 +21,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
-from agent.converge import Action, Create, Remove, Replace, Restart, Start, plan
-from agent.replicas import DesiredReplica, ObservedContainer, ReplicaKey
+from agent.converge import (
+    STOPPING_ACTIONS,
+    Action,
+    Create,
+    Plan,
+    Remove,
+    Replace,
+    Restart,
+    RestartUnhealthy,
+    Start,
+    Stop,
+    canonical_container,
+    owned_by_replica,
+    plan,
+)
+from agent.prober import Prober
+from agent.replicas import ContainerState, DesiredReplica, ObservedContainer, ReplicaKey
 from agent.restarts import RestartRecord
 from agent.runtime import RESYNC, NameConflict, Runtime, RuntimeFailure
 from agent.status import Activity, ReplicaStatus, describe, exit_summary
@@ -49,8 +70,10 @@ class Reconciler:
         node: str,
         *,
         on_change: Callable[[], None] = lambda: None,
+        before_stop: Callable[[], Awaitable[None]] | None = None,
         max_starts: int = 8,
         max_stops: int = 32,
+        max_probes: int = 16,
         relist_interval: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -58,9 +81,10 @@ class Reconciler:
         self.generation = 0  # the last desired generation accepted and acted on
         self._runtime = runtime
         self._on_change = on_change
+        self._before_stop = before_stop
         self._relist_interval = relist_interval
         self._clock = clock
-        # Stopping waits up to the 10 s grace period: separate slots, so that removals can
+        # Stopping waits up to the termination grace: separate slots, so that removals can
         # never hold up creating and starting containers (the latency users wait on).
         # Creating and starting load the engine, so few at once; a stop mostly waits for the
         # process to exit, so many more can wait side by side.
@@ -79,6 +103,7 @@ class Reconciler:
         self._reconcile_scheduled = False
         self._wake: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._prober = Prober(runtime, on_change=self._probes_changed, clock=clock, max_concurrent=max_probes)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -112,6 +137,7 @@ class Reconciler:
             self._restarts,
             self._clock(),
             node=self.node,
+            probes=self._prober.views,
         )
 
     async def run(self) -> None:
@@ -131,6 +157,7 @@ class Reconciler:
                         self._request_refresh(event.container_id)
         finally:
             relist.cancel()
+            self._prober.close()
             if self._wake is not None:
                 self._wake.cancel()
             for task in list(self._tasks):
@@ -219,6 +246,34 @@ class Reconciler:
     def _changed(self) -> None:
         self._on_change()
 
+    def _probes_changed(self) -> None:
+        # A readiness flip is news for the control plane; a liveness failure is work to plan.
+        self._kick()
+        self._changed()
+
+    def _probe_targets(self) -> Iterator[tuple[ObservedContainer, DesiredReplica]]:
+        """The running container of each desired replica, in the replica's revision."""
+        desired = self._desired or {}
+        groups, _ = owned_by_replica(self._observed.values(), self.node)
+        for key, containers in groups.items():
+            replica = desired.get(key)
+            if replica is None:
+                continue
+            container = canonical_container(key, containers)
+            if container.state == ContainerState.RUNNING and container.revision == replica.revision:
+                yield container, replica
+
+    def _plan(self) -> Plan:
+        """A plan over everything known now (only called once a desired set arrived)."""
+        return plan(
+            (self._desired or {}).values(),
+            self._observed.values(),
+            self._clock(),
+            self._restarts,
+            node=self.node,
+            probes=self._prober.views,
+        )
+
     def _kick(self) -> None:
         """Plan again soon; many kicks in one loop iteration give one plan."""
         if not self._reconcile_scheduled:
@@ -229,8 +284,9 @@ class Reconciler:
         self._reconcile_scheduled = False
         if not self._ready or self._desired is None:
             return
+        self._prober.sync(self._probe_targets())
         now = self._clock()
-        result = plan(self._desired.values(), self._observed.values(), now, self._restarts, node=self.node)
+        result = self._plan()
         dispatched = False
         for action in result.actions:
             if action.key in self._busy:
@@ -249,7 +305,7 @@ class Reconciler:
 
     async def _execute(self, action: Action) -> None:
         key = action.key
-        slots = self._stop_slots if isinstance(action, Remove | Replace) else self._start_slots
+        slots = self._stop_slots if isinstance(action, STOPPING_ACTIONS) else self._start_slots
         try:
             waited = slots.locked()
             async with slots:
@@ -271,9 +327,7 @@ class Reconciler:
         """Whether a fresh plan would still take this action (it may have waited a while)."""
         if self._desired is None:
             return False
-        fresh = plan(
-            self._desired.values(), self._observed.values(), self._clock(), self._restarts, node=self.node
-        )
+        fresh = self._plan()
         return _identity(action) in {_identity(other) for other in fresh.actions}
 
     def _failed(self, action: Action, message: str) -> None:
@@ -302,15 +356,28 @@ class Reconciler:
             )
             try:
                 await self._runtime.start(container.id)
-                self._restarts[action.key] = record.after_restart(container)
+                self._restarts[action.key] = record.after_restart(container, self._clock())
             finally:
                 await self._request_refresh(container.id)
+        elif isinstance(action, RestartUnhealthy):
+            await self._restart_unhealthy(action)
+        elif isinstance(action, Stop):
+            container = action.container
+            log.info("stopping %s (%s); restart policy never: left stopped", container.name, action.reason)
+            await self._announce_stop()
+            try:
+                await self._runtime.stop(container.id, action.grace)
+            finally:
+                await self._request_refresh(container.id)
+            stopped = self._observed.get(container.id)
+            record = self._restarts.get(action.key, _NO_HISTORY)
+            self._restarts[action.key] = record.after_stop(stopped, action.reason)
         elif isinstance(action, Remove):
-            await self._remove(action.container, action.reason)
+            await self._remove(action.container, action.reason, action.grace)
             if self._desired is None or action.key not in self._desired:
                 self._restarts.pop(action.key, None)
         elif isinstance(action, Replace):
-            await self._remove(action.container, action.reason)
+            await self._remove(action.container, action.reason, action.grace)
             self._restarts.pop(action.key, None)
             self._busy[action.key] = Activity("creating container")
             self._changed()
@@ -349,9 +416,38 @@ class Reconciler:
             (time.monotonic() - started) * 1000,
         )
 
-    async def _remove(self, container: ObservedContainer, reason: str) -> None:
-        log.info("removing %s (%s): %s", container.name, container.id[:12], reason)
-        await self._runtime.remove(container.id)
+    async def _restart_unhealthy(self, action: RestartUnhealthy) -> None:
+        """Stop (with the replica's grace) and start again a container that runs but is not alive."""
+        container = action.container
+        record = self._restarts.get(action.key, _NO_HISTORY)
+        count = record.restart_count + 1
+        log.info("restarting %s in place (%s; restart %d)", container.name, action.reason, count)
+        await self._announce_stop()
+        try:
+            await self._runtime.stop(container.id, action.grace)
+        finally:
+            await self._request_refresh(container.id)
+        stopped = self._observed.get(container.id, container)
+        # Should the start fail, the planner knows it was stopped for failing (policy on-failure).
+        record = record.after_stop(stopped, action.reason)
+        self._restarts[action.key] = record
+        try:
+            await self._runtime.start(container.id)
+            self._restarts[action.key] = record.after_restart(stopped, self._clock())
+        finally:
+            await self._request_refresh(container.id)
+
+    async def _announce_stop(self) -> None:
+        """Let the control plane see `ready: false` before the process is told to stop."""
+        self._changed()
+        if self._before_stop is not None:
+            await self._before_stop()
+
+    async def _remove(self, container: ObservedContainer, reason: str, grace: int) -> None:
+        log.info("removing %s (%s, grace %d s): %s", container.name, container.id[:12], grace, reason)
+        if container.state == ContainerState.RUNNING:
+            await self._announce_stop()
+        await self._runtime.remove(container.id, grace)
         self._write(container.id, None)
 
     def _succeeded(self, key: ReplicaKey) -> None:
@@ -375,6 +471,10 @@ def _activity(action: Action) -> Activity:
         return Activity("starting")
     if isinstance(action, Restart):
         return Activity("restarting")
+    if isinstance(action, RestartUnhealthy):
+        return Activity(f"{action.reason}; restarting", stopping=True)
+    if isinstance(action, Stop):
+        return Activity(f"{action.reason}; stopping (restart policy never)", stopping=True)
     if isinstance(action, Replace):
         # The old container keeps its phase while it stops; creating the new one is "Starting".
         return Activity(f"replacing: {action.reason}", stopping=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeAlias
 
+from agent.probes import Probe
+
 # (namespace, replica name). Unique on a node, and the container is named "<namespace>_<name>".
 ReplicaKey: TypeAlias = tuple[str, str]
 
@@ -21,6 +23,12 @@ NAMESPACE_LABEL = "berth.namespace"
 DEPLOYMENT_LABEL = "berth.deployment"
 REPLICA_LABEL = "berth.replica"
 REVISION_LABEL = "berth.revision"
+# The termination grace the container was created with: a container whose replica is no
+# longer desired is still stopped with its own grace (and adopted ones keep theirs).
+GRACE_LABEL = "berth.termination-grace"
+
+DEFAULT_TERMINATION_GRACE = 10
+MAX_TERMINATION_GRACE = 3600
 
 
 def container_name(namespace: str, replica: str) -> str:
@@ -45,6 +53,19 @@ class Resources:
     memory_bytes: int | None = None
 
 
+class RestartPolicy(StrEnum):
+    """When an exited container is started again (protocol section 2, `restart_policy`)."""
+
+    ALWAYS = "always"  # whatever its exit code
+    ON_FAILURE = "on-failure"  # only after a failure (exit code != 0, OOM kill, start error)
+    NEVER = "never"
+
+    def restarts(self, exited: ObservedContainer) -> bool:
+        if self == RestartPolicy.ALWAYS:
+            return True
+        return self == RestartPolicy.ON_FAILURE and exited.failed
+
+
 @dataclass(frozen=True)
 class DesiredReplica:
     """One replica the control plane wants on this node (one entry of a `desired` frame)."""
@@ -58,6 +79,10 @@ class DesiredReplica:
     env: tuple[tuple[str, str], ...] = ()
     ports: tuple[PortMapping, ...] = ()
     resources: Resources = Resources()
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    termination_grace_seconds: int = DEFAULT_TERMINATION_GRACE
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
 
     @property
     def key(self) -> ReplicaKey:
@@ -76,6 +101,7 @@ class DesiredReplica:
             DEPLOYMENT_LABEL: self.deployment,
             REPLICA_LABEL: self.name,
             REVISION_LABEL: self.revision,
+            GRACE_LABEL: str(self.termination_grace_seconds),
         }
 
 
@@ -89,6 +115,14 @@ class ContainerState(StrEnum):
     REMOVING = "removing"
     EXITED = "exited"
     DEAD = "dead"
+
+
+class Health(StrEnum):
+    """The engine's verdict from the image's HEALTHCHECK (Docker's `State.Health.Status`)."""
+
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
 
 
 # States in which the container's process is not running and its exit code is meaningful.
@@ -109,6 +143,7 @@ class ObservedContainer:
     oom_killed: bool = False
     started_at: float | None = None
     finished_at: float | None = None
+    health: Health | None = None  # None: the image has no HEALTHCHECK
 
     def is_owned_by(self, node: str) -> bool:
         """Ownership is by labels only: never touch what another node or a human created."""
@@ -129,3 +164,17 @@ class ObservedContainer:
     @property
     def is_stopped(self) -> bool:
         return self.state in STOPPED_STATES
+
+    @property
+    def failed(self) -> bool:
+        """A stopped container's process failed: non-zero exit, killed for memory, or never started."""
+        return self.oom_killed or bool(self.error) or self.exit_code != 0
+
+    @property
+    def termination_grace(self) -> int | None:
+        """The grace it was created with (its label), or None if unknown."""
+        try:
+            grace = int(self.labels.get(GRACE_LABEL, ""))
+        except ValueError:
+            return None
+        return grace if 0 <= grace <= MAX_TERMINATION_GRACE else None

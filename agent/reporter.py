@@ -3,7 +3,8 @@
 The first change after a quiet period is sent at once (a replica turning Running is
 what a deploy waits on); changes that follow within 50 ms are folded into one frame,
 built when it is sent, so it always carries the newest state (protocol: "debounced
-<= 50 ms").
+<= 50 ms"). `wait_sent` lets the reconciler hold a container's stop until the frame that
+takes its readiness off has gone out.
 """
 
 from __future__ import annotations
@@ -20,10 +21,32 @@ class StatusReporter:
         self.min_interval = min_interval
         self._dirty = asyncio.Event()
         self._last_sent = float("-inf")
+        self._marks = 0  # changes marked so far
+        self._sent_marks = 0  # changes included in the last frame sent
+        self._sent = asyncio.Event()  # set (and replaced) after each frame sent
+        self._senders = 0  # connections currently sending
 
     def mark_dirty(self) -> None:
         """Something a status frame shows has changed (cheap; call it as often as you like)."""
+        self._marks += 1
         self._dirty.set()
+
+    async def wait_sent(self, timeout: float = 1.0) -> None:
+        """Wait until a frame with every change marked so far has been sent, at most `timeout` s.
+
+        Returns at once when no connection is sending: without a control plane to tell,
+        waiting would only delay the stop.
+        """
+        target = self._marks
+        deadline = time.monotonic() + timeout
+        while self._senders and self._sent_marks < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._sent.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def run(
         self,
@@ -37,16 +60,24 @@ class StatusReporter:
         while disconnected is sent by the next connection's run, and the session marks
         one change on every connect anyway, since the control plane wants a full picture.
         """
-        while True:
-            await self._dirty.wait()
-            if not ready():
-                # Before the first full list of the engine a status would claim there are no
-                # containers, and the control plane would take that as "they are gone".
+        self._senders += 1
+        try:
+            while True:
+                await self._dirty.wait()
+                if not ready():
+                    # Before the first full list of the engine a status would claim there are no
+                    # containers, and the control plane would take that as "they are gone".
+                    self._dirty.clear()
+                    continue
+                wait = self._last_sent + self.min_interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 self._dirty.clear()
-                continue
-            wait = self._last_sent + self.min_interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._dirty.clear()
-            await send(json.dumps(snapshot(), separators=(",", ":")))
-            self._last_sent = time.monotonic()
+                marks = self._marks
+                await send(json.dumps(snapshot(), separators=(",", ":")))
+                self._last_sent = time.monotonic()
+                self._sent_marks = marks
+                self._sent.set()
+                self._sent = asyncio.Event()
+        finally:
+            self._senders -= 1

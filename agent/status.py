@@ -1,9 +1,10 @@
 """Observed phase of each replica, as reported in `status` frames (protocol section 2).
 
-`describe` turns the engine's view of the containers, the actions in flight and the
-restart history into one `ReplicaStatus` per replica, with a message a human can act on
-("exited with code 1; restarting in 20 s"). Pure: the reconciler calls it whenever a
-status frame is about to be sent.
+`describe` turns the engine's view of the containers, the actions in flight, the restart
+history and the probes' verdicts into one `ReplicaStatus` per replica, with a message a
+human can act on ("exited with code 1; restarting in 20 s", "readiness probe failed:
+HTTP GET :8080/healthz: status 503") and whether it is ready for traffic. Pure: the
+reconciler calls it whenever a status frame is about to be sent.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.converge import canonical_container, owned_by_replica
-from agent.replicas import ContainerState, DesiredReplica, ObservedContainer, ReplicaKey
+from agent.converge import canonical_container, owned_by_replica, restarts_after_exit, unhealthy_reason
+from agent.probes import ContainerProbes
+from agent.replicas import (
+    ContainerState,
+    DesiredReplica,
+    Health,
+    ObservedContainer,
+    ReplicaKey,
+    RestartPolicy,
+)
 from agent.restarts import RestartRecord
 
 _NO_HISTORY = RestartRecord()
+_NO_PROBES: Mapping[str, ContainerProbes] = {}
 
 
 class Phase(StrEnum):
@@ -33,7 +43,9 @@ class Activity:
     """An action in flight for a replica, as a human reads it ("pulling image nginx:1.27")."""
 
     text: str
-    stopping: bool = False  # removal: the container keeps its phase until it is gone
+    # Stopping the process (remove, replace, restart in place): the container keeps its
+    # phase until it is gone, and is not ready from the moment the stop is decided.
+    stopping: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,17 @@ class ReplicaStatus:
     restart_count: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    ready: bool = False
+    ready_since: float | None = None
+    health: Health | None = None
+    last_exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    since: float | None = None
+    why_not: str = ""  # a probe failure or the HEALTHCHECK's verdict, for the message
 
 
 def describe(
@@ -57,6 +80,7 @@ def describe(
     now: float,
     *,
     node: str,
+    probes: Mapping[str, ContainerProbes] = _NO_PROBES,
 ) -> list[ReplicaStatus]:
     """One status per replica that is desired or has a container on this node, sorted by key.
 
@@ -77,10 +101,45 @@ def describe(
                 container,
                 activities.get(key),
                 restarts.get(key, _NO_HISTORY),
+                probes.get(container.id) if container is not None else None,
                 now,
             )
         )
     return statuses
+
+
+def readiness(
+    replica: DesiredReplica | None,
+    container: ObservedContainer,
+    activity: Activity | None,
+    probes: ContainerProbes | None,
+) -> Readiness:
+    """Whether the replica takes traffic (protocol section 2, `ready`), since when, and why not.
+
+    Ready: desired, running this revision, no stop decided, the readiness probe (if any)
+    passing in this run, and the image's HEALTHCHECK (if any) healthy.
+    """
+    if (
+        replica is None
+        or container.state != ContainerState.RUNNING
+        or container.revision != replica.revision
+        or (activity is not None and activity.stopping)
+    ):
+        return Readiness(False)
+    since = [container.started_at]
+    current = probes if probes is not None and probes.started_at == container.started_at else None
+    if replica.readiness_probe is not None:
+        state = current.readiness if current is not None else None
+        if state is None or not state.passing:
+            return Readiness(False, why_not=state.failure_message() if state and state.detail else "")
+        since.append(state.since)
+    if container.health is not None:
+        if container.health != Health.HEALTHY:
+            return Readiness(False, why_not=f"health check: {container.health}")
+        if current is not None and current.health == Health.HEALTHY:
+            since.append(current.health_since)
+    known = [t for t in since if t is not None]
+    return Readiness(True, max(known) if known else None)
 
 
 def _describe_one(
@@ -89,6 +148,7 @@ def _describe_one(
     container: ObservedContainer | None,
     activity: Activity | None,
     record: RestartRecord,
+    probes: ContainerProbes | None,
     now: float,
 ) -> ReplicaStatus:
     namespace, name = key
@@ -106,9 +166,11 @@ def _describe_one(
             phase=phase,
             message=message,
             restart_count=record.restart_count,
+            last_exit_code=record.last_exit_code,
         )
 
-    phase, message = _container_phase(replica, container, activity, record, now)
+    ready = readiness(replica, container, activity, probes)
+    phase, message = _container_phase(replica, container, activity, record, probes, ready, now)
     stopped = container.is_stopped
     return ReplicaStatus(
         name=name,
@@ -121,6 +183,10 @@ def _describe_one(
         started_at=container.started_at,
         # Docker keeps the previous exit time while a restarted container runs: hide it.
         finished_at=container.finished_at if stopped else None,
+        ready=ready.ready,
+        ready_since=ready.since,
+        health=container.health,
+        last_exit_code=container.exit_code if stopped else record.last_exit_code,
     )
 
 
@@ -129,6 +195,8 @@ def _container_phase(
     container: ObservedContainer,
     activity: Activity | None,
     record: RestartRecord,
+    probes: ContainerProbes | None,
+    ready: Readiness,
     now: float,
 ) -> tuple[Phase, str]:
     if activity is not None and not activity.stopping and container.state != ContainerState.RUNNING:
@@ -140,7 +208,15 @@ def _container_phase(
     removing = "; " + activity.text if activity is not None else ""
     state = container.state
     if state == ContainerState.RUNNING:
-        return Phase.RUNNING, removing.removeprefix("; ")
+        if activity is not None or replica is None:
+            return Phase.RUNNING, removing.removeprefix("; ")
+        reason = unhealthy_reason(replica, container, probes)
+        if reason is not None and replica.restart_policy == RestartPolicy.NEVER:
+            return Phase.RUNNING, f"{reason}; stopping (restart policy never)"
+        if reason is not None:
+            due = record.unhealthy_restart_due_at(container, now)
+            return Phase.RUNNING, _with_retry(reason, "restarting", due, now)
+        return Phase.RUNNING, ready.why_not
     if state == ContainerState.PAUSED:
         return Phase.RUNNING, "paused" + removing
     if state == ContainerState.RESTARTING:
@@ -152,10 +228,15 @@ def _container_phase(
 
     # exited, dead, removing: the process is gone and its exit code tells how it went
     summary = exit_summary(container, replica)
-    failed = container.oom_killed or bool(container.error) or container.exit_code != 0
-    phase = Phase.FAILED if failed else Phase.SUCCEEDED
+    # Stopped by the agent for failing its liveness check: a failure whatever the exit code.
+    phase = Phase.FAILED if container.failed or record.stopped_for is not None else Phase.SUCCEEDED
     if replica is None or activity is not None:
         return phase, summary + removing
+    if not restarts_after_exit(replica, container, record):
+        policy = f"restart policy {replica.restart_policy}: not restarting"
+        if record.stopped_for is not None:
+            return Phase.FAILED, f"{record.stopped_for}; stopped ({summary}); {policy}"
+        return phase, f"{summary}; {policy}"
     if record.error is not None:
         summary = f"{summary}; restart failed: {record.error}"
     due = max(record.restart_due_at(container), record.retry_due_at() or 0.0)

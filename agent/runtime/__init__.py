@@ -12,7 +12,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from agent.replicas import DesiredReplica, ObservedContainer
+from agent.probes import Exec, Handler, HttpGet, ProbeResult
+from agent.replicas import DEFAULT_TERMINATION_GRACE, DesiredReplica, ObservedContainer
+from agent.runtime import checks
 
 # The event action a runtime emits when its event stream (re)connected: events may have
 # been missed, so the caller must list the containers again.
@@ -60,6 +62,10 @@ class EngineUnavailable(RuntimeFailure):
     """The engine could not be reached at all."""
 
 
+class ProbeTimeout(RuntimeFailure):
+    """A probe's command did not finish within its timeout."""
+
+
 class Runtime(ABC):
     """A container engine seen through the containers one node owns."""
 
@@ -88,8 +94,41 @@ class Runtime(ABC):
         """Start a created or exited container. Raises RuntimeFailure."""
 
     @abstractmethod
-    async def remove(self, container_id: str) -> None:
-        """Stop with a 10 s grace period, then remove; a container already gone is not an error."""
+    async def stop(self, container_id: str, grace: int) -> None:
+        """Stop: the stop signal, `grace` seconds, then SIGKILL. Already stopped or gone is no error."""
+
+    @abstractmethod
+    async def remove(self, container_id: str, grace: int = DEFAULT_TERMINATION_GRACE) -> None:
+        """Stop with `grace` seconds to exit, then remove; a container already gone is not an error."""
+
+    @abstractmethod
+    async def container_address(self, container_id: str) -> str | None:
+        """The container's own IP address on its engine network (for HTTP and TCP probes), if any."""
+
+    @abstractmethod
+    async def exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
+        """Run `command` in the running container; its exit code. Raises ProbeTimeout, RuntimeFailure."""
+
+    async def probe(self, container_id: str, handler: Handler, timeout: float) -> ProbeResult:
+        """Run one probe check against the container (HTTP and TCP to its address, exec inside it)."""
+        where = handler.describe()
+        if isinstance(handler, Exec):
+            try:
+                code = await self.exec_probe(container_id, handler.command, timeout)
+            except ProbeTimeout:
+                return ProbeResult(False, f"{where}: timed out after {timeout:g} s")
+            except RuntimeFailure as exc:
+                return ProbeResult(False, f"{where}: {exc}")
+            return ProbeResult(True) if code == 0 else ProbeResult(False, f"{where}: exit code {code}")
+        try:
+            address = await self.container_address(container_id)
+        except RuntimeFailure as exc:
+            return ProbeResult(False, f"{where}: {exc}")
+        if not address:
+            return ProbeResult(False, f"{where}: the container has no IP address")
+        if isinstance(handler, HttpGet):
+            return await checks.http_get(address, handler, timeout)
+        return await checks.tcp_connect(address, handler, timeout)
 
     @abstractmethod
     def events(self) -> AsyncIterator[ContainerEvent]:

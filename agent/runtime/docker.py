@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -23,7 +24,15 @@ import requests
 from docker.utils import parse_repository_tag
 
 from agent.reconnect import ReconnectDelay
-from agent.replicas import MANAGED_LABEL, NODE_LABEL, ContainerState, DesiredReplica, ObservedContainer
+from agent.replicas import (
+    DEFAULT_TERMINATION_GRACE,
+    MANAGED_LABEL,
+    NODE_LABEL,
+    ContainerState,
+    DesiredReplica,
+    Health,
+    ObservedContainer,
+)
 from agent.runtime import (
     MAX_IMAGES,
     RESYNC,
@@ -32,17 +41,27 @@ from agent.runtime import (
     EngineUnavailable,
     ImageUnavailable,
     NameConflict,
+    ProbeTimeout,
     Runtime,
     RuntimeFailure,
 )
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_SECONDS = 10
 # Engine event actions that can change what `inspect` says about a container.
 _WATCHED_ACTIONS = frozenset(
     {"create", "start", "restart", "die", "destroy", "pause", "unpause", "oom", "rename", "update"}
 )
+# The HEALTHCHECK's verdict changed; the action carries it: "health_status: healthy".
+_HEALTH_ACTION = "health_status"
+# Actions after which a container's address may differ (it is cached between probes).
+_ADDRESS_ACTIONS = frozenset({"start", "restart", "die", "destroy"})
+EXEC_POLL_INTERVAL = (0.02, 0.25)  # first and longest wait between polls of a probe's exec
+
+
+def watched(action: str) -> bool:
+    """Whether an engine event action can change what `inspect` says (pure; tested)."""
+    return action in _WATCHED_ACTIONS or action.split(":", 1)[0] == _HEALTH_ACTION
 
 
 class DockerRuntime(Runtime):
@@ -60,6 +79,8 @@ class DockerRuntime(Runtime):
         self._closed = threading.Event()
         self._streams: set[Any] = set()
         self._streams_lock = threading.Lock()
+        self._addresses: dict[str, str | None] = {}
+        self._addresses_lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -161,6 +182,8 @@ class DockerRuntime(Runtime):
             "environment": [f"{k}={v}" for k, v in replica.env],
             "ports": [(p.container, p.protocol) for p in replica.ports] or None,
             "host_config": host_config,
+            # `docker stop` by hand honours the replica's grace too.
+            "stop_timeout": replica.termination_grace_seconds,
             "detach": True,
         }
 
@@ -202,13 +225,24 @@ class DockerRuntime(Runtime):
         except docker.errors.APIError as exc:
             raise RuntimeFailure(f"failed to start: {_explain(exc)}") from exc
 
-    async def remove(self, container_id: str) -> None:
-        await self._run(self._remove, container_id)
+    async def stop(self, container_id: str, grace: int) -> None:
+        await self._run(self._stop, container_id, grace)
 
-    def _remove(self, container_id: str) -> None:
+    def _stop(self, container_id: str, grace: int) -> None:
+        try:
+            self._api().stop(container_id, timeout=grace)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot stop container: {_explain(exc)}") from exc
+
+    async def remove(self, container_id: str, grace: int = DEFAULT_TERMINATION_GRACE) -> None:
+        await self._run(self._remove, container_id, grace)
+
+    def _remove(self, container_id: str, grace: int) -> None:
         api = self._api()
         try:
-            api.stop(container_id, timeout=STOP_GRACE_SECONDS)
+            api.stop(container_id, timeout=grace)
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
@@ -221,6 +255,42 @@ class DockerRuntime(Runtime):
             if exc.status_code == 409 and "already in progress" in _explain(exc):
                 return
             raise RuntimeFailure(f"cannot remove container: {_explain(exc)}") from exc
+
+    async def container_address(self, container_id: str) -> str | None:
+        with self._addresses_lock:
+            if container_id in self._addresses:
+                return self._addresses[container_id]
+        address = await self._run(self._container_address, container_id)
+        with self._addresses_lock:
+            self._addresses[container_id] = address
+        return address
+
+    def _container_address(self, container_id: str) -> str | None:
+        try:
+            return container_address(self._api().inspect_container(container_id))
+        except docker.errors.NotFound:
+            raise RuntimeFailure("the container no longer exists") from None
+
+    async def exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
+        return await self._run(self._exec_probe, container_id, command, timeout)
+
+    def _exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
+        # Started detached and polled, so a hung command costs this thread `timeout` at most.
+        # (The engine cannot kill an exec; a command that hangs keeps running, as in Kubernetes.)
+        api = self._api()
+        deadline = time.monotonic() + timeout
+        exec_id = api.exec_create(container_id, list(command), stdout=False, stderr=False)["Id"]
+        api.exec_start(exec_id, detach=True)
+        wait, longest = EXEC_POLL_INTERVAL
+        while True:
+            info = api.exec_inspect(exec_id)
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProbeTimeout(f"timed out after {timeout:g} s")
+            time.sleep(min(wait, remaining))
+            wait = min(wait * 2, longest)
 
     async def events(self) -> AsyncIterator[ContainerEvent]:
         loop = asyncio.get_running_loop()
@@ -261,6 +331,8 @@ class DockerRuntime(Runtime):
                 )
                 with self._streams_lock:
                     self._streams.add(stream)
+                with self._addresses_lock:
+                    self._addresses.clear()  # events were missed: a cached address may be stale
                 deliver(ContainerEvent(None, RESYNC))
                 delay.reset()
                 if interrupted:
@@ -270,8 +342,12 @@ class DockerRuntime(Runtime):
                     if stop.is_set():
                         break
                     action = event.get("Action") or event.get("status") or ""
-                    if action in _WATCHED_ACTIONS:
-                        deliver(ContainerEvent(event.get("id") or event["Actor"]["ID"], action))
+                    if watched(action):
+                        container_id = event.get("id") or event["Actor"]["ID"]
+                        if action in _ADDRESS_ACTIONS:
+                            with self._addresses_lock:
+                                self._addresses.pop(container_id, None)
+                        deliver(ContainerEvent(container_id, action))
                 if not (stop.is_set() or self._closed.is_set()):
                     log.warning("engine event stream at %s ended; reconnecting", self._base_url)
             except Exception as exc:
@@ -323,7 +399,38 @@ def observed_from_inspect(data: dict[str, Any]) -> ObservedContainer:
         oom_killed=bool(state.get("OOMKilled")),
         started_at=parse_engine_time(state.get("StartedAt")),
         finished_at=parse_engine_time(state.get("FinishedAt")),
+        health=_health(state.get("Health")),
     )
+
+
+def _health(data: Any) -> Health | None:
+    """The HEALTHCHECK's status; None when the image has none (no `Health`, or "none")."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Health(data.get("Status"))
+    except ValueError:
+        return None
+
+
+def container_address(data: dict[str, Any]) -> str | None:
+    """The container's IP address from its `inspect` answer: where HTTP and TCP probes connect.
+
+    A container on the host's network has none of its own: its ports are the host's, so
+    the loopback address reaches them (the agent runs on that host).
+    """
+    config = data.get("HostConfig") or {}
+    if config.get("NetworkMode") == "host":
+        return "127.0.0.1"
+    settings = data.get("NetworkSettings") or {}
+    if settings.get("IPAddress"):
+        return str(settings["IPAddress"])
+    for network in (settings.get("Networks") or {}).values():
+        if isinstance(network, dict):
+            address = network.get("IPAddress") or network.get("GlobalIPv6Address")
+            if address:
+                return str(address)
+    return None
 
 
 def image_references(summaries: list[dict[str, Any]], limit: int = MAX_IMAGES) -> tuple[str, ...]:

@@ -6,8 +6,10 @@ would (create, start, die, destroy), so the reconciler sees the same sequence it
 a real server. No threads, no I/O: one process can hold thousands of these.
 
 Tests drive it from outside: `crash()` makes a container exit as its process would,
-`fail_next()` makes the next create/start/remove fail, `resync()` says the event stream
-was interrupted, and `clock` (shared with the reconciler) decides every timestamp.
+`fail_next()` makes the next create/start/remove fail, `fail_probes()` makes a
+container's probes fail (they succeed otherwise, without any network or process),
+`set_health()` plays the image's HEALTHCHECK, `resync()` says the event stream was
+interrupted, and `clock` (shared with the reconciler) decides every timestamp.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
-from agent.replicas import ContainerState, DesiredReplica, ObservedContainer
+from agent.probes import Handler, ProbeResult
+from agent.replicas import (
+    DEFAULT_TERMINATION_GRACE,
+    ContainerState,
+    DesiredReplica,
+    Health,
+    ObservedContainer,
+)
 from agent.runtime import (
     MAX_IMAGES,
     RESYNC,
@@ -66,6 +75,9 @@ class FakeRuntime(Runtime):
         self._created = 0
         self._subscribers: list[asyncio.Queue[ContainerEvent | None]] = []
         self._failures: dict[str, list[str]] = {}
+        self._probe_failures: dict[str, tuple[type | None, str]] = {}
+        self.probes_run: list[tuple[str, Handler]] = []  # (container name, handler), oldest first
+        self.stops: list[tuple[str, int]] = []  # (container name, grace) of every stop, oldest first
         self._closed = False
 
     # -- what tests and the hollow runner look at and do -----------------------------------
@@ -110,6 +122,19 @@ class FakeRuntime(Runtime):
         if operation not in OPERATIONS:
             raise ValueError(f"operation must be one of {OPERATIONS}, not {operation!r}")
         self._failures.setdefault(operation, []).append(message)
+
+    def fail_probes(self, name: str, message: str = "probe failed", *, handler: type | None = None) -> None:
+        """Make the probes of container `name` fail (only those of `handler`'s type, if given)."""
+        self._probe_failures[name] = (handler, message)
+
+    def pass_probes(self, name: str) -> None:
+        self._probe_failures.pop(name, None)
+
+    def set_health(self, name_or_id: str, health: Health | None) -> None:
+        """The image's HEALTHCHECK reports `health` (the engine emits `health_status: ...`)."""
+        container = self._get(name_or_id)
+        self._store(replace(container, health=health))
+        self._emit(container.id, f"health_status: {health}")
 
     def resync(self) -> None:
         """Tell the watchers that events may have been lost (as a reconnected stream does)."""
@@ -180,17 +205,22 @@ class FakeRuntime(Runtime):
                 exit_code=None,
                 error="",
                 oom_killed=False,
-                started_at=self.clock(),
+                # Strictly later than the previous start even on a frozen test clock: a new run.
+                started_at=max(self.clock(), (container.started_at or 0.0) + 1e-6),
+                health=Health.STARTING if container.health is not None else None,
             )
         )
         self._emit(container_id, "start")
 
-    async def remove(self, container_id: str) -> None:
+    async def stop(self, container_id: str, grace: int) -> None:
         await self._pause()
-        self._maybe_fail("remove")
         container = self._containers.get(container_id)
-        if container is None:
-            return
+        if container is not None:
+            self._stop(container, grace)
+
+    def _stop(self, container: ObservedContainer, grace: int) -> None:
+        # The process honours the stop signal at once, so the grace is only recorded.
+        self.stops.append((container.name, grace))
         if container.state == ContainerState.RUNNING:
             self._store(
                 replace(
@@ -200,10 +230,40 @@ class FakeRuntime(Runtime):
                     finished_at=self.clock(),
                 )
             )
-            self._emit(container_id, "die")
+            self._emit(container.id, "die")
+
+    async def remove(self, container_id: str, grace: int = DEFAULT_TERMINATION_GRACE) -> None:
+        await self._pause()
+        self._maybe_fail("remove")
+        container = self._containers.get(container_id)
+        if container is None:
+            return
+        self._stop(container, grace)
         del self._containers[container_id]
         self._by_name.pop(container.name, None)
         self._emit(container_id, "destroy")
+
+    async def container_address(self, container_id: str) -> str | None:
+        container = self._containers.get(container_id)
+        if container is None or container.state != ContainerState.RUNNING:
+            return None
+        return "10.88.0.2"  # never connected to: `probe` below answers without the network
+
+    async def exec_probe(self, container_id: str, command: tuple[str, ...], timeout: float) -> int:
+        container = self._containers.get(container_id)
+        if container is None or container.state != ContainerState.RUNNING:
+            raise RuntimeFailure(f"container {container_id[:12]} is not running")
+        return 0
+
+    async def probe(self, container_id: str, handler: Handler, timeout: float) -> ProbeResult:
+        container = self._containers.get(container_id)
+        if container is None or container.state != ContainerState.RUNNING:
+            return ProbeResult(False, f"{handler.describe()}: container is not running")
+        self.probes_run.append((container.name, handler))
+        failing = self._probe_failures.get(container.name)
+        if failing is not None and (failing[0] is None or isinstance(handler, failing[0])):
+            return ProbeResult(False, f"{handler.describe()}: {failing[1]}")
+        return ProbeResult(True)
 
     async def events(self) -> AsyncIterator[ContainerEvent]:
         queue: asyncio.Queue[ContainerEvent | None] = asyncio.Queue()

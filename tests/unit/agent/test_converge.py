@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.converge import Create, Plan, Remove, Replace, Restart, Start, plan
-from agent.replicas import ContainerState, ObservedContainer
+from agent.replicas import ContainerState, ObservedContainer, RestartPolicy
 from agent.restarts import RestartRecord, backoff_delay
 
 from .builders import NODE, foreign, have, want
@@ -200,7 +200,15 @@ _ids = itertools.count()
 def situations(draw):
     keys = [(ns, n) for ns in NAMESPACES for n in NAMES]
     desired_keys = draw(st.lists(st.sampled_from(keys), unique=True))
-    desired = [want(n, ns, revision=draw(st.sampled_from(["r1", "r2"]))) for ns, n in desired_keys]
+    desired = [
+        want(
+            n,
+            ns,
+            revision=draw(st.sampled_from(["r1", "r2"])),
+            restart_policy=draw(st.sampled_from(list(RestartPolicy))),
+        )
+        for ns, n in desired_keys
+    ]
 
     observed: list[ObservedContainer] = []
     canonical_used: set[tuple[str, str]] = set()
@@ -293,8 +301,12 @@ def test_one_plan_converges_once_back_offs_have_elapsed(situation):
     assert {key: 1 for key in (d.key for d in desired)} == counts, "exactly one container per desired replica"
     by_key = {c.key: c for c in after if c.is_owned_by(NODE)}
     for replica in desired:
-        assert by_key[replica.key].revision == replica.revision
-        assert by_key[replica.key].state in (S.RUNNING, S.PAUSED, S.REMOVING, S.RESTARTING)
+        container = by_key[replica.key]
+        assert container.revision == replica.revision
+        if container.state == S.EXITED:  # left alone only when its restart policy says so
+            assert not replica.restart_policy.restarts(container)
+        else:
+            assert container.state in (S.RUNNING, S.PAUSED, S.REMOVING, S.RESTARTING)
     foreign_before = [c for c in observed if not c.is_owned_by(NODE)]
     foreign_after = [c for c in after if not c.is_owned_by(NODE)]
     assert foreign_before == foreign_after, "containers that are not ours are untouched"

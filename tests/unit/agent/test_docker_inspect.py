@@ -70,3 +70,34 @@ def test_image_references_newest_first_without_dangling_images():
     ]
     assert image_references(images) == ("nginx:1.27", "berth-test/busybox:1", "busybox:latest")
     assert image_references(images, limit=2) == ("nginx:1.27", "berth-test/busybox:1")
+
+
+def test_healthcheck_status():
+    from agent.replicas import Health
+
+    assert observed_from_inspect(inspect("running")).health is None  # no HEALTHCHECK in the image
+    healthy = inspect("running", Health={"Status": "healthy", "FailingStreak": 0, "Log": []})
+    assert observed_from_inspect(healthy).health == Health.HEALTHY
+    assert (
+        observed_from_inspect(inspect("running", Health={"Status": "unhealthy"})).health == Health.UNHEALTHY
+    )
+    assert observed_from_inspect(inspect("running", Health={"Status": "none"})).health is None
+
+
+def test_health_status_events_are_watched():
+    from agent.runtime.docker import watched
+
+    assert watched("health_status: healthy") and watched("health_status: unhealthy")
+    assert watched("die") and watched("start")
+    assert not watched("exec_start: cat /tmp/alive") and not watched("exec_die")  # probes' own execs
+
+
+def test_container_address():
+    from agent.runtime.docker import container_address
+
+    bridge = {"NetworkSettings": {"IPAddress": "172.17.0.2", "Networks": {}}}
+    assert container_address(bridge) == "172.17.0.2"
+    user_network = {"NetworkSettings": {"IPAddress": "", "Networks": {"app": {"IPAddress": "10.5.0.7"}}}}
+    assert container_address(user_network) == "10.5.0.7"
+    assert container_address({"HostConfig": {"NetworkMode": "host"}, "NetworkSettings": {}}) == "127.0.0.1"
+    assert container_address({"NetworkSettings": {"IPAddress": "", "Networks": {}}}) is None

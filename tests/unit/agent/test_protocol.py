@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agent.probes import Exec, HttpGet, Probe, TcpSocket
 from agent.protocol import (
     DesiredSet,
     ProtocolError,
@@ -16,7 +17,7 @@ from agent.protocol import (
     parse_frame,
     status_frame,
 )
-from agent.replicas import PortMapping, Resources
+from agent.replicas import Health, PortMapping, Resources, RestartPolicy
 from agent.runtime import EngineInfo
 from agent.status import Phase, ReplicaStatus
 
@@ -50,6 +51,123 @@ def test_desired_frame_from_the_document():
     assert replica.env == (("A", "1"),)
     assert replica.ports == (PortMapping(container=80, host=8080, protocol="tcp"),)
     assert replica.resources == Resources(cpu_millis=250, memory_bytes=67108864)
+
+
+def test_absent_health_fields_mean_defaults():
+    (replica,) = parse_frame(json.dumps(DOC_DESIRED)).replicas
+    assert replica.restart_policy == RestartPolicy.ALWAYS
+    assert replica.termination_grace_seconds == 10
+    assert replica.readiness_probe is None and replica.liveness_probe is None
+
+
+HEALTH_FIELDS = {
+    "restart_policy": "on-failure",
+    "termination_grace_seconds": 30,
+    "readiness_probe": {"http_get": {"path": "/healthz?full=1", "port": 8080}, "period_seconds": 2},
+    "liveness_probe": {
+        "tcp_socket": {"port": 6379},
+        "initial_delay_seconds": 5,
+        "period_seconds": 3,
+        "timeout_seconds": 2,
+        "failure_threshold": 4,
+        "success_threshold": 1,
+    },
+}
+
+
+def test_health_fields_parse():
+    entry = {**DOC_DESIRED["replicas"][0], **HEALTH_FIELDS}
+    (replica,) = parse_frame(json.dumps({**DOC_DESIRED, "replicas": [entry]})).replicas
+    assert replica.restart_policy == RestartPolicy.ON_FAILURE
+    assert replica.termination_grace_seconds == 30
+    assert replica.readiness_probe == Probe(HttpGet(port=8080, path="/healthz?full=1"), period_seconds=2)
+    assert replica.liveness_probe == Probe(
+        TcpSocket(port=6379),
+        initial_delay_seconds=5,
+        period_seconds=3,
+        timeout_seconds=2,
+        failure_threshold=4,
+        success_threshold=1,
+    )
+
+
+def test_exec_probe_and_defaults_of_a_probe():
+    entry = {
+        **DOC_DESIRED["replicas"][0],
+        "restart_policy": "never",
+        "termination_grace_seconds": 0,
+        "readiness_probe": None,
+        "liveness_probe": {"exec": {"command": ["cat", "/tmp/alive"]}},
+    }
+    (replica,) = parse_frame(json.dumps({**DOC_DESIRED, "replicas": [entry]})).replicas
+    assert replica.restart_policy == RestartPolicy.NEVER
+    assert replica.termination_grace_seconds == 0
+    assert replica.readiness_probe is None
+    probe = replica.liveness_probe
+    assert probe == Probe(Exec(("cat", "/tmp/alive")))
+    assert (probe.initial_delay_seconds, probe.period_seconds, probe.timeout_seconds) == (0, 10, 1)
+    assert (probe.failure_threshold, probe.success_threshold) == (3, 1)
+    http = parse_frame(
+        json.dumps(
+            {
+                **DOC_DESIRED,
+                "replicas": [{**DOC_DESIRED["replicas"][0], "readiness_probe": {"http_get": {"port": 80}}}],
+            }
+        )
+    ).replicas[0]
+    assert http.readiness_probe.handler == HttpGet(port=80, path="/")
+
+
+def _probe(**kw):
+    return {"http_get": {"port": 8080}, **kw}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"restart_policy": "sometimes"}, r"restart_policy must be one of always, on-failure, never"),
+        ({"restart_policy": 1}, "restart_policy"),
+        ({"termination_grace_seconds": -1}, "termination_grace_seconds"),
+        ({"termination_grace_seconds": 3601}, "termination_grace_seconds"),
+        ({"termination_grace_seconds": 1.5}, "termination_grace_seconds"),
+        ({"termination_grace_seconds": True}, "termination_grace_seconds"),
+        ({"readiness_probe": "GET /"}, r"readiness_probe must be null or an object"),
+        ({"readiness_probe": {}}, r"readiness_probe must have exactly one of http_get, tcp_socket, exec"),
+        (
+            {"liveness_probe": {"http_get": {"port": 80}, "tcp_socket": {"port": 80}}},
+            r"liveness_probe must have exactly one",
+        ),
+        ({"readiness_probe": {"http_get": {"port": 0}}}, r"readiness_probe\.http_get\.port"),
+        ({"readiness_probe": {"http_get": {"port": "80"}}}, r"readiness_probe\.http_get\.port"),
+        (
+            {"readiness_probe": {"http_get": {"port": 80, "path": "healthz"}}},
+            r"readiness_probe\.http_get\.path",
+        ),
+        ({"readiness_probe": {"http_get": {"port": 80, "path": "/a b"}}}, r"readiness_probe\.http_get\.path"),
+        (
+            {"readiness_probe": {"http_get": {"port": 80, "path": "/\r\nX: 1"}}},
+            r"readiness_probe\.http_get\.path",
+        ),
+        ({"readiness_probe": {"http_get": []}}, r"readiness_probe\.http_get must be an object"),
+        ({"liveness_probe": {"tcp_socket": {"port": 65536}}}, r"liveness_probe\.tcp_socket\.port"),
+        ({"liveness_probe": {"exec": {"command": []}}}, r"liveness_probe\.exec\.command"),
+        ({"liveness_probe": {"exec": {"command": "true"}}}, r"liveness_probe\.exec\.command"),
+        ({"liveness_probe": {"exec": {"command": ["sh", 1]}}}, r"liveness_probe\.exec\.command"),
+        ({"liveness_probe": _probe(initial_delay_seconds=-1)}, r"liveness_probe\.initial_delay_seconds"),
+        ({"liveness_probe": _probe(period_seconds=0)}, r"liveness_probe\.period_seconds"),
+        ({"liveness_probe": _probe(timeout_seconds=0)}, r"liveness_probe\.timeout_seconds"),
+        ({"liveness_probe": _probe(failure_threshold=0)}, r"liveness_probe\.failure_threshold"),
+        ({"readiness_probe": _probe(success_threshold=0)}, r"readiness_probe\.success_threshold"),
+        ({"readiness_probe": _probe(period_seconds=2.5)}, r"readiness_probe\.period_seconds"),
+        ({"readiness_probe": _probe(period_seconds=False)}, r"readiness_probe\.period_seconds"),
+        ({"readiness_probe": _probe(period_seconds=2**31)}, r"readiness_probe\.period_seconds"),
+    ],
+)
+def test_a_bad_health_field_rejects_the_whole_frame(change, field):
+    good = {**DOC_DESIRED["replicas"][0], "name": "good-one"}
+    entry = {**DOC_DESIRED["replicas"][0], **change}
+    with pytest.raises(ProtocolError, match=r"desired\.replicas\[1\]\." + field):
+        parse_frame(json.dumps({**DOC_DESIRED, "replicas": [good, entry]}))
 
 
 def test_nulls_mean_defaults():
@@ -130,7 +248,34 @@ def test_hello_and_status_frames():
                 "restart_count": 0,
                 "started_at": "2026-11-22T11:00:00Z",
                 "finished_at": None,
+                "ready": False,
+                "ready_since": None,
+                "health": None,
+                "last_exit_code": None,
             }
         ],
     }
     json.dumps(status)  # serialisable as is
+
+
+def test_status_frame_carries_readiness_health_and_last_exit_code():
+    status = ReplicaStatus(
+        "web-7k2pq",
+        "default",
+        "ab12",
+        Phase.RUNNING,
+        restart_count=3,
+        started_at=STARTED,
+        ready=True,
+        ready_since=STARTED + 4,
+        health=Health.HEALTHY,
+        last_exit_code=137,
+    )
+    (entry,) = status_frame(7, [status])["replicas"]
+    assert (entry["ready"], entry["ready_since"], entry["health"]) == (
+        True,
+        "2026-11-22T11:00:04Z",
+        "healthy",
+    )
+    assert (entry["restart_count"], entry["last_exit_code"], entry["exit_code"]) == (3, 137, None)
+    json.dumps(entry)

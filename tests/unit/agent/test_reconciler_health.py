@@ -1,0 +1,172 @@
+"""The reconciler's probes, liveness restarts and graceful stops over the in-memory FakeRuntime.
+
+The reconciler and its prober are the real ones; the fake engine answers probes itself
+(success unless a test says otherwise). Probe periods are real seconds (at least 1), so
+these tests use failure thresholds of 1 and probes that are due at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.probes import Exec, HttpGet, Probe
+from agent.reconciler import Reconciler
+from agent.replicas import ContainerState, Health, RestartPolicy
+from agent.runtime.fake import FakeRuntime
+from agent.status import Phase
+from tests.unit.agent.builders import NODE, want
+from tests.unit.agent.test_fake_runtime import IMAGE, FakeClock, running, settle, status_of, until
+
+READINESS = Probe(HttpGet(port=8080, path="/healthz"), period_seconds=1, failure_threshold=1)
+LIVENESS = Probe(Exec(("cat", "/tmp/alive")), period_seconds=1, failure_threshold=1)
+
+
+def make(**kw):
+    clock = FakeClock()
+    fake = FakeRuntime(NODE, images=[IMAGE], clock=clock)
+    changes = []
+    reconciler = Reconciler(fake, NODE, clock=clock, on_change=lambda: changes.append(1), **kw)
+    return clock, fake, reconciler, changes
+
+
+def test_readiness_follows_the_probe():
+    async def scenario():
+        _clock, fake, reconciler, changes = make()
+        fake.fail_probes("default_a", "connection refused")
+        async with running(reconciler):
+            reconciler.apply_desired(1, [want("a", readiness_probe=READINESS)])
+            await until(lambda: status_of(reconciler, "a").phase == Phase.RUNNING, "a Running")
+            await until(lambda: status_of(reconciler, "a").message != "", "the first probe")
+            status = status_of(reconciler, "a")
+            assert (status.ready, status.ready_since) == (False, None)
+            assert status.message == "readiness probe failed: HTTP GET :8080/healthz: connection refused"
+
+            fake.pass_probes("default_a")
+            before = len(changes)
+            await until(lambda: status_of(reconciler, "a").ready, "a ready once its probe passes", timeout=3)
+            assert len(changes) > before  # a status frame is due at once
+            assert status_of(reconciler, "a").message == ""
+            assert all(name == "default_a" and h == READINESS.handler for name, h in fake.probes_run)
+
+    asyncio.run(scenario())
+
+
+def test_liveness_failure_restarts_in_place_after_readiness_went_off():
+    seen_at_stop = []
+
+    async def scenario():
+        clock, fake, reconciler, _changes = make(before_stop=lambda: record_stop())
+
+        async def record_stop():
+            seen_at_stop.append((status_of(reconciler, "a"), fake.running()))
+
+        replica = want("a", liveness_probe=LIVENESS, termination_grace_seconds=7)
+        async with running(reconciler):
+            reconciler.apply_desired(1, [replica])
+            await until(lambda: status_of(reconciler, "a").ready, "a ready")
+            first = status_of(reconciler, "a")
+
+            fake.fail_probes("default_a", "exit code 1")
+            await until(
+                lambda: status_of(reconciler, "a").restart_count == 1, "a liveness restart", timeout=3
+            )
+            await until(lambda: status_of(reconciler, "a").phase == Phase.RUNNING, "a Running again")
+            after = status_of(reconciler, "a")
+            assert after.container_id == first.container_id  # in place
+            assert after.started_at > first.started_at
+            assert after.last_exit_code == 0
+            assert fake.stops == [("default_a", 7)]
+
+            # Readiness was off, and the container still ran, when the stop was about to be sent.
+            (stop_status, engine_running), *_ = seen_at_stop
+            assert not stop_status.ready and stop_status.phase == Phase.RUNNING
+            assert "default_a" in engine_running
+            assert (
+                stop_status.message
+                == "liveness probe failed 1 time: exec cat /tmp/alive: exit code 1; restarting"
+            )
+
+            # It fails again at once: the second restart waits for the back-off (10 s on this clock).
+            await until(lambda: "restarting in" in status_of(reconciler, "a").message, "a back-off")
+            assert status_of(reconciler, "a").message.endswith("; restarting in 10 s")
+            clock.advance(10.1)
+            reconciler.apply_desired(1, [replica])
+            await until(
+                lambda: status_of(reconciler, "a").restart_count == 2, "the second restart", timeout=3
+            )
+
+    asyncio.run(scenario())
+
+
+def test_liveness_failure_under_never_stops_and_leaves_it_stopped():
+    async def scenario():
+        clock, fake, reconciler, _changes = make()
+        replica = want("a", liveness_probe=LIVENESS, restart_policy=RestartPolicy.NEVER)
+        fake.fail_probes("default_a", "exit code 1")
+        async with running(reconciler):
+            reconciler.apply_desired(1, [replica])
+            await until(lambda: status_of(reconciler, "a").phase == Phase.FAILED, "a Failed", timeout=3)
+            status = status_of(reconciler, "a")
+            assert status.message == (
+                "liveness probe failed 1 time: exec cat /tmp/alive: exit code 1; "
+                "stopped (exited with code 0); restart policy never: not restarting"
+            )
+            clock.advance(1000)
+            reconciler.apply_desired(1, [replica])
+            await settle()
+            assert fake.running() == set() and status_of(reconciler, "a").restart_count == 0
+
+    asyncio.run(scenario())
+
+
+def test_healthcheck_gates_readiness_and_unhealthy_restarts():
+    async def scenario():
+        _clock, fake, reconciler, _changes = make()
+        async with running(reconciler):
+            reconciler.apply_desired(1, [want("a")])
+            await until(lambda: status_of(reconciler, "a").ready, "a ready")
+            fake.set_health("default_a", Health.STARTING)
+            await until(lambda: not status_of(reconciler, "a").ready, "not ready while starting")
+            assert status_of(reconciler, "a").message == "health check: starting"
+            fake.set_health("default_a", Health.HEALTHY)
+            await until(lambda: status_of(reconciler, "a").ready, "ready once healthy")
+            fake.set_health("default_a", Health.UNHEALTHY)
+            await until(lambda: status_of(reconciler, "a").restart_count == 1, "restarted for unhealthy")
+            assert fake.containers()[0].health == Health.STARTING  # a new run starts its checks over
+
+    asyncio.run(scenario())
+
+
+def test_removal_stops_with_the_replicas_grace_and_forgets_its_probes():
+    async def scenario():
+        _clock, fake, reconciler, _changes = make()
+        async with running(reconciler):
+            reconciler.apply_desired(
+                1, [want("a", termination_grace_seconds=0, readiness_probe=READINESS), want("b")]
+            )
+            await until(lambda: status_of(reconciler, "a").ready, "a ready")
+            assert reconciler._prober.views  # a is probed
+            reconciler.apply_desired(2, [want("b")])
+            await until(lambda: fake.running() == {"default_b"}, "a removed")
+            assert fake.stops == [("default_a", 0)]
+            await settle()
+            assert not reconciler._prober.views and not reconciler._prober._tasks
+
+    asyncio.run(scenario())
+
+
+def test_a_replaced_container_is_probed_from_the_start():
+    async def scenario():
+        _clock, fake, reconciler, _changes = make()
+        async with running(reconciler):
+            reconciler.apply_desired(1, [want("a", readiness_probe=READINESS)])
+            await until(lambda: status_of(reconciler, "a").ready, "a ready")
+            old = status_of(reconciler, "a").container_id
+            fake.fail_probes("default_a", "status 500")
+            reconciler.apply_desired(2, [want("a", revision="r2", readiness_probe=READINESS)])
+            await until(lambda: status_of(reconciler, "a").container_id not in (None, old), "a replaced")
+            await until(lambda: status_of(reconciler, "a").phase == Phase.RUNNING, "the new a Running")
+            assert not status_of(reconciler, "a").ready  # its own probe has not passed
+            assert [c.state for c in fake.containers()] == [ContainerState.RUNNING]
+
+    asyncio.run(scenario())
