@@ -86,7 +86,32 @@ def deployment_payload(form: dict) -> tuple[dict, dict[str, list[str]]]:
     resources = {k: form[k].strip() for k in ("cpu", "memory") if (form.get(k) or "").strip()}
     if resources:
         payload["resources"] = resources
+    _health_and_updates(form, payload, errors)
     return payload, errors
+
+
+def _health_and_updates(form: dict, payload: dict, errors: dict[str, list[str]]) -> None:
+    """Restart policy, an HTTP readiness probe, and the update strategy (the API has more)."""
+    if form.get("restart_policy"):
+        payload["restart_policy"] = form["restart_policy"]
+    path, port = (form.get("readiness_path") or "").strip(), (form.get("readiness_port") or "").strip()
+    if path or port:
+        try:
+            payload["readiness_probe"] = {
+                "http_get": {"path": path or "/", "port": _whole_number("readiness_probe", port)},
+                "period_seconds": 2,
+            }
+        except FormInputError:
+            errors.setdefault("readiness_probe", []).append("port: must be a whole number")
+    if form.get("update_type"):
+        strategy = {"type": form["update_type"]}
+        for field in ("max_surge", "max_unavailable"):
+            value = (form.get(field) or "").strip()
+            if value:
+                strategy[field] = int(value) if value.isdigit() else value
+        payload["update_strategy"] = strategy
+    if form.get("on_failure") == "rollback":
+        payload["on_failure"] = "rollback"
 
 
 def _whole_number(field: str, text) -> int:

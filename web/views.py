@@ -204,7 +204,12 @@ def deployment_create(request):
     return render(
         request,
         "deployments/create.html",
-        {"namespaces": namespaces, "form": form, "errors": errors},
+        {
+            "namespaces": namespaces,
+            "form": form,
+            "errors": errors,
+            "restart_policies": ["always", "on-failure", "never"],
+        },
         status=400 if errors else 200,
     )
 

@@ -62,3 +62,30 @@ def test_placement_fields_from_the_form():
     assert payload["node_selector"] == {"disk": "ssd", "zone": "a"}
     _, errors = deployment_payload({"name": "a", "image": "b", "node_selector": "ssd", "max_per_node": "x"})
     assert set(errors) == {"node_selector", "max_per_node"} and "key=value" in errors["node_selector"][0]
+
+
+def test_health_and_update_fields_become_api_fields():
+    payload, errors = deployment_payload(
+        {
+            "name": "web",
+            "image": "nginx:1.27",
+            "replicas": "2",
+            "restart_policy": "on-failure",
+            "readiness_path": "/healthz",
+            "readiness_port": "8080",
+            "update_type": "RollingUpdate",
+            "max_surge": "1",
+            "max_unavailable": "0%",
+            "on_failure": "rollback",
+        }
+    )
+    assert errors == {}
+    assert payload["restart_policy"] == "on-failure"
+    assert payload["readiness_probe"] == {"http_get": {"path": "/healthz", "port": 8080}, "period_seconds": 2}
+    assert payload["update_strategy"] == {"type": "RollingUpdate", "max_surge": 1, "max_unavailable": "0%"}
+    assert payload["on_failure"] == "rollback"
+
+
+def test_a_readiness_port_that_is_not_a_number_is_reported():
+    _, errors = deployment_payload({"name": "web", "image": "x", "readiness_port": "http"})
+    assert errors == {"readiness_probe": ["port: must be a whole number"]}
