@@ -60,6 +60,11 @@ class Probe:
     success_threshold: int = 1
 
 
+# Before a container's first readiness success, a failed check is retried after this many
+# seconds, doubling up to the probe's period.
+STARTUP_RECHECK = 0.25
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """One check: `detail` says what failed ("HTTP GET :8080/: status 503"), empty on success."""
@@ -125,10 +130,17 @@ class ProbeState:
             failures=failures,
             checks=self.checks + 1,
             detail=detail,
-            # Periods count from when the last check was due, so a slow check does not
-            # shift the schedule; a check that overran a whole period runs again at once.
-            next_at=max(self.next_at + probe.period_seconds, now),
+            next_at=self._next_check(passing, failures, now),
         )
+
+    def _next_check(self, passing: bool, failures: int, now: float) -> float:
+        if self.kind == ProbeKind.READINESS and not passing and self.since is None:
+            # Not ready yet, ever: look again soon (0.25 s, doubling up to the period), so a
+            # replica that starts fast is ready fast and rollouts do not wait a period per wave.
+            return now + min(float(self.probe.period_seconds), STARTUP_RECHECK * 2 ** min(failures - 1, 16))
+        # Periods count from when the last check was due, so a slow check does not shift
+        # the schedule; a check that overran a whole period runs again at once.
+        return max(self.next_at + self.probe.period_seconds, now)
 
     def delay(self, now: float) -> float:
         """Seconds to wait before the next check (never more than one full wait: clocks jump)."""

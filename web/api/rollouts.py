@@ -16,8 +16,10 @@ class HttpGetSerializer(StrictSerializer):
     port = serializers.IntegerField(min_value=1, max_value=65535)
 
     def validate_path(self, value):
-        if not value.startswith("/") or any(c.isspace() for c in value):
-            raise serializers.ValidationError("must start with '/' and contain no spaces, e.g. '/healthz'")
+        if not value.startswith("/") or any(c.isspace() or not c.isprintable() for c in value):
+            raise serializers.ValidationError(
+                "must start with '/' and contain no spaces or control characters, e.g. '/healthz'"
+            )
         return value
 
 
@@ -29,6 +31,11 @@ class ExecSerializer(StrictSerializer):
     command = serializers.ListField(
         child=serializers.CharField(allow_blank=True, trim_whitespace=False), min_length=1, max_length=64
     )
+
+    def validate_command(self, value):
+        if not value[0]:
+            raise serializers.ValidationError("the first word (the program) must not be empty")
+        return value
 
 
 class ProbeSerializer(StrictSerializer):

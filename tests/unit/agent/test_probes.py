@@ -48,8 +48,23 @@ def test_initial_delay_then_the_period():
 
 
 def test_a_check_that_overran_its_period_is_followed_at_once():
-    state = readiness(period_seconds=1).after_result(False, T0 + 4, "timed out")
+    state = liveness(period_seconds=1).after_result(False, T0 + 4, "timed out")
     assert state.next_at == T0 + 4 and state.delay(T0 + 4) == 0
+
+
+def test_before_the_first_success_readiness_looks_again_soon_backing_off_to_the_period():
+    state = readiness(period_seconds=2)
+    waits = []
+    now = T0
+    for _ in range(5):
+        state = state.after_result(False, now, "connection refused")
+        waits.append(state.next_at - now)
+        now = state.next_at
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0]
+    ready = state.after_result(True, now)
+    assert ready.passing and ready.next_at == state.next_at + 2
+    # Once it has been ready, a failure waits the full period as usual.
+    assert ready.after_result(False, now + 2).next_at == ready.next_at + 2
 
 
 def test_delay_is_bounded_when_the_clock_jumps_back():
