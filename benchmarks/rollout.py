@@ -52,7 +52,8 @@ def wait_available(api, name, replicas, revision, deadline=180) -> None:
         body = status(api, name)
         s = body["status"]
         if (
-            s["revision"] == revision
+            s["observed_generation"] >= body["generation"]  # the controller has seen the change
+            and s["revision"] == revision
             and s["updated_replicas"] == replicas == s["available_replicas"] == s["replicas"]
         ):
             return
