@@ -169,6 +169,11 @@ def _plan_rolling(plan: Plan, desired: int, current, old, rollout: Rollout) -> l
         if replica not in victims:
             victims.append(replica)
             over -= 1
+    # The old ones stopping now free room under the surge at once: use it in this pass,
+    # rather than one report round-trip later (creating never lowers availability).
+    stopping_old = sum(1 for r in victims if r in old)
+    room = desired + rollout.max_surge - (len(current) + len(old) - stopping_old)
+    plan.create = max(plan.create, min(desired - len(current), room))
     return victims
 
 

@@ -75,17 +75,17 @@ def test_surge_only_rollout_keeps_old_replicas_until_new_ones_are_available():
 def test_rolling_update_respects_surge_and_unavailable():
     old = [replica(f"old-{i}") for i in range(4)]
     plan = compute_plan(4, "r2", old, Rollout(max_surge=1, max_unavailable=1))
-    # One new replica (4 + 1 surge), and one old one may go (4 - 1 available).
-    assert plan.create == 1 and len(plan.terminate) == 1
+    # One old one may go (4 - 1 available), which leaves room for two new ones (4 + 1 surge).
+    assert plan.create == 2 and len(plan.terminate) == 1
 
 
 def test_rolling_update_with_no_surge_stops_before_it_starts():
     old = [replica(f"old-{i}") for i in range(4)]
     plan = compute_plan(4, "r2", old, Rollout(max_surge=0, max_unavailable=1))
-    assert plan.create == 0 and len(plan.terminate) == 1
-    remaining = old[1:]
+    assert plan.create == 1 and len(plan.terminate) == 1  # its replacement in the room it left
+    remaining = [*old[1:], replica("new-1", revision="r2", phase="Starting")]
     plan = compute_plan(4, "r2", remaining, Rollout(max_surge=0, max_unavailable=1))
-    assert plan.create == 1 and plan.terminate == []
+    assert plan.create == 0 and plan.terminate == []  # until new-1 is available
 
 
 def test_unavailable_old_replicas_go_first_and_cost_no_availability():
@@ -94,7 +94,7 @@ def test_unavailable_old_replicas_go_first_and_cost_no_availability():
     assert plan.create == 1 and plan.terminate == []  # the new one is not available yet
     new = [replica("new-1", revision="r2")]
     plan = compute_plan(3, "r2", old + new, Rollout(max_surge=1, max_unavailable=0))
-    assert plan.terminate == ["old-broken"] and plan.create == 0
+    assert plan.terminate == ["old-broken"] and plan.create == 1
 
 
 def test_recreate_stops_everything_old_then_waits_for_it_to_stop():
