@@ -46,11 +46,19 @@ def spec(name: str, replicas: int) -> dict:
     }  # fmt: skip
 
 
+TRACE = False
+
+
 def wait_available(api, name, replicas, revision, deadline=180) -> None:
     started = time.monotonic()
+    last = None
     while True:
         body = status(api, name)
         s = body["status"]
+        seen = (s["observed_generation"], s["replicas"], s["updated_replicas"], s["available_replicas"])
+        if TRACE and seen != last:
+            log(f"  {time.monotonic() - started:6.2f} s: replicas {seen[1]}, updated {seen[2]}, available {seen[3]}")
+            last = seen
         if (
             s["observed_generation"] >= body["generation"]  # the controller has seen the change
             and s["revision"] == revision
@@ -95,7 +103,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--trace", action="store_true", help="log each change of the rollout's status")
     args = parser.parse_args()
+    global TRACE
+    TRACE = args.trace
     with real_cluster(["h1", "h2"], env=PRODUCTION_TIMINGS, log=log) as (plane, hosts):
         singles, rollouts = [], []
         single(plane.api)  # warm-up: image cache, connections
