@@ -61,8 +61,9 @@ class Probe:
 
 
 # Before a container's first readiness success, a failed check is retried after this many
-# seconds, doubling up to the probe's period.
-STARTUP_RECHECK = 0.25
+# seconds (the first STARTUP_FAST_CHECKS times), then doubling up to the probe's period.
+STARTUP_RECHECK = 0.1
+STARTUP_FAST_CHECKS = 20
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,11 @@ class ProbeState:
 
     def _next_check(self, passing: bool, failures: int, now: float) -> float:
         if self.kind == ProbeKind.READINESS and not passing and self.since is None:
-            # Not ready yet, ever: look again soon (0.25 s, doubling up to the period), so a
-            # replica that starts fast is ready fast and rollouts do not wait a period per wave.
-            return now + min(float(self.probe.period_seconds), STARTUP_RECHECK * 2 ** min(failures - 1, 16))
+            # Not ready yet, ever: look again soon (every 0.1 s for 2 s, then doubling up to the
+            # period), so a replica that starts fast is ready fast and rollouts do not wait a
+            # period per wave.
+            backoff = STARTUP_RECHECK * 2 ** min(max(0, failures - STARTUP_FAST_CHECKS), 16)
+            return now + min(float(self.probe.period_seconds), backoff)
         # Periods count from when the last check was due, so a slow check does not shift
         # the schedule; a check that overran a whole period runs again at once.
         return max(self.next_at + self.probe.period_seconds, now)

@@ -57,7 +57,8 @@ def wait_available(api, name, replicas, revision, deadline=180) -> None:
         s = body["status"]
         seen = (s["observed_generation"], s["replicas"], s["updated_replicas"], s["available_replicas"])
         if TRACE and seen != last:
-            log(f"  {time.monotonic() - started:6.2f} s: replicas {seen[1]}, updated {seen[2]}, available {seen[3]}")
+            elapsed = time.monotonic() - started
+            log(f"  {elapsed:6.2f} s: replicas {seen[1]}, updated {seen[2]}, available {seen[3]}")
             last = seen
         if (
             s["observed_generation"] >= body["generation"]  # the controller has seen the change

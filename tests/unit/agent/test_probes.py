@@ -56,11 +56,11 @@ def test_before_the_first_success_readiness_looks_again_soon_backing_off_to_the_
     state = readiness(period_seconds=2)
     waits = []
     now = T0
-    for _ in range(5):
+    for _ in range(25):
         state = state.after_result(False, now, "connection refused")
         waits.append(state.next_at - now)
         now = state.next_at
-    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert waits == pytest.approx([0.1] * 20 + [0.2, 0.4, 0.8, 1.6, 2.0])
     ready = state.after_result(True, now)
     assert ready.passing and ready.next_at == state.next_at + 2
     # Once it has been ready, a failure waits the full period as usual.
