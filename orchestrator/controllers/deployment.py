@@ -35,6 +35,21 @@ from orchestrator.scheduling.spec import host_ports_of, placement_spec
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
+def _new_names(deployment: Deployment, count: int, taken: set[str]) -> list[str]:
+    """`count` replica names free in the namespace. Names are random, so a clash is rare;
+    only the candidates are looked up (not every name in the namespace)."""
+    names: list[str] = []
+    while len(names) < count:
+        candidates = [_replica_name(deployment, taken) for _ in range(count - len(names))]
+        clash = set(
+            Replica.objects.filter(namespace_id=deployment.namespace_id, name__in=candidates).values_list(
+                "name", flat=True
+            )
+        )
+        names.extend(name for name in candidates if name not in clash)
+    return names
+
+
 def _replica_name(deployment: Deployment, taken: set[str]) -> str:
     # Like Kubernetes: the deployment's name and a short random suffix, within 63 characters.
     base = deployment.name[:57]
@@ -242,7 +257,7 @@ def _place(
     Each round schedules against a fresh snapshot and commits optimistically; the winners
     are written before the next round, so its snapshot counts them. Returns the nodes
     placed on."""
-    taken = set(Replica.objects.filter(namespace=deployment.namespace).values_list("name", flat=True))
+    taken = set(rows)  # names of this deployment's replicas; others are checked when drawn
     placed_on: set[int] = set()
     reason = "placement lost to concurrent schedulers; retrying"
     for _ in range(MAX_PLACEMENT_ROUNDS):
@@ -265,9 +280,10 @@ def _place(
         waiting = waiting[len(assigned) :]
         fresh = node_ids[len(assigned) :]
         if fresh:
+            names = _new_names(deployment, len(fresh), taken)
             created = Replica.objects.bulk_create(
-                _new_replica(deployment, revision, template, _replica_name(deployment, taken), node_id, now)
-                for node_id in fresh
+                _new_replica(deployment, revision, template, name, node_id, now)
+                for name, node_id in zip(names, fresh, strict=True)
             )
             rows.update({r.name: r for r in created})
             create -= len(created)
@@ -275,8 +291,8 @@ def _place(
             break  # everything that could be placed was; the rest has nowhere to go
     if create:
         created = Replica.objects.bulk_create(
-            _new_replica(deployment, revision, template, _replica_name(deployment, taken), None, now, reason)
-            for _ in range(create)
+            _new_replica(deployment, revision, template, name, None, now, reason)
+            for name in _new_names(deployment, create, taken)
         )
         rows.update({r.name: r for r in created})
     stale = [r for r in waiting if r.message != reason]

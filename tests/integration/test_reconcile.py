@@ -109,3 +109,17 @@ def test_a_spec_change_rolls_to_new_replicas_before_retiring_old(ready_nodes, ph
     reconcile_deployment(deployment.pk)
     retired = Replica.objects.filter(phase=Replica.Phase.TERMINATING).count()
     assert retired == (2 if phase == "Running" else 0)
+
+
+def test_a_replica_name_taken_elsewhere_in_the_namespace_is_drawn_again(ready_nodes, monkeypatch):
+    from orchestrator.controllers import deployment as controller
+
+    ready_nodes("h1")
+    other = create(name="other", replicas=0)
+    Replica.objects.create(
+        namespace=other.namespace, deployment=other, name="web-aaaaa", revision="x", template={}
+    )
+    draws = iter(["aaaaa", "aaaaa", "bbbbb"])  # twice a name another deployment holds
+    monkeypatch.setattr(controller, "_replica_name", lambda d, taken: f"{d.name}-{next(draws)}")
+    reconcile_deployment(create(name="web", replicas=1).pk)
+    assert sorted(Replica.objects.values_list("name", flat=True)) == ["web-aaaaa", "web-bbbbb"]
