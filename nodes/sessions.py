@@ -45,7 +45,13 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
     now = timezone.now()
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node_id)
-        placement_reads = (node.capacity_cpu, node.capacity_memory, node.agent_labels, node.status)
+        placement_reads = (
+            node.capacity_cpu,
+            node.capacity_memory,
+            node.agent_labels,
+            node.status,
+            node.images,
+        )
         node.capacity_cpu = _int(hello.get("capacity", {}).get("cpu"), node.capacity_cpu)
         node.capacity_memory = _int(hello.get("capacity", {}).get("memory"), node.capacity_memory)
         node.engine_version = str(hello.get("engine_version", ""))[:64]
@@ -58,7 +64,13 @@ def session_hello(node_id: int, session: uuid.UUID, hello: dict, address: str) -
         node.session = session
         node.last_heartbeat = now
         became_ready = node.mark_ready(now)
-        if placement_reads != (node.capacity_cpu, node.capacity_memory, node.agent_labels, node.status):
+        if placement_reads != (
+            node.capacity_cpu,
+            node.capacity_memory,
+            node.agent_labels,
+            node.status,
+            node.images,
+        ):
             node.resource_version += 1  # a scheduler that read the old values must re-plan
         node.save()
         if became_ready:

@@ -29,7 +29,7 @@ from orchestrator.models import Deployment, Replica
 from orchestrator.scheduling.commit import claim_nodes
 from orchestrator.scheduling.model import Taint
 from orchestrator.scheduling.placement import schedule
-from orchestrator.scheduling.snapshot import take_snapshot
+from orchestrator.scheduling.snapshot import forget_nodes, take_snapshot
 from orchestrator.scheduling.spec import host_ports_of, placement_spec
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -264,9 +264,14 @@ def _place(
         wanted = len(waiting) + create
         if not wanted:
             break
-        snapshot = take_snapshot(deployment.pk)
+        snapshot = take_snapshot(deployment.pk, cached=True)
         read = {node.id: node.resource_version for node in snapshot}
-        result = schedule(spec, wanted, snapshot)
+        result = None
+        try:
+            result = schedule(spec, wanted, snapshot)
+        finally:
+            # schedule() counted its picks into the cached nodes: read them again next time.
+            forget_nodes(None if result is None else set(result.node_ids))
         won = claim_nodes({node_id: read[node_id] for node_id in set(result.node_ids)})
         node_ids = [node_id for node_id in result.node_ids if node_id in won]
         placed_on |= won

@@ -10,6 +10,7 @@ import logging
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -114,6 +115,8 @@ def apply_node_report(node_id: int, report: dict) -> None:
             Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"])
         if gone:
             Replica.objects.filter(pk__in=gone).delete()
+            # Room freed: schedulers that cached this node's usage must read it again.
+            Node.objects.filter(pk=node_id).update(resource_version=F("resource_version") + 1)
             transaction.on_commit(place_waiting_replicas)  # their room is free again
         generation = report.get("generation")
         if isinstance(generation, int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from django.db.models import BigIntegerField as BigInt
 from django.db.models import Case, Count, F, Sum, Value, When
 
@@ -15,34 +17,40 @@ def _or_default(column: str, default: int):
     return Case(When(**{column: 0}, then=Value(default)), default=F(column), output_field=BigInt())
 
 
-def take_snapshot(deployment_id: int | None = None) -> list[NodeInfo]:
-    """Every node with what occupies it: every replica placed there, Terminating ones
-    included (their containers hold CPU, memory and ports until they are gone). Each node
-    carries the resource_version it was read at, for the optimistic commit."""
-    nodes: dict[int, NodeInfo] = {}
-    columns = (
-        "id", "name", "status", "unschedulable", "agent_labels", "user_labels", "taints",
-        "capacity_cpu", "capacity_memory", "reserved_cpu", "reserved_memory", "images",
-        "resource_version",
-    )  # fmt: skip
-    for row in Node.objects.values_list(*columns):
-        (pk, name, status, cordoned, agent_labels, user_labels, taints, cpu, memory,
-         reserved_cpu, reserved_memory, images, version) = row  # fmt: skip
-        nodes[pk] = NodeInfo(
-            id=pk,
-            name=name,
-            ready=status == Node.Status.READY,
-            unschedulable=cordoned,
-            labels={**agent_labels, **user_labels},
-            taints=tuple(Taint(t["key"], t.get("value") or "", t["effect"]) for t in taints or []),
-            allocatable_cpu=max(cpu - reserved_cpu, 0),
-            allocatable_memory=max(memory - reserved_memory, 0),
-            images=frozenset(images or ()),
-            resource_version=version,
-        )
+_COLUMNS = (
+    "id", "name", "status", "unschedulable", "agent_labels", "user_labels", "taints",
+    "capacity_cpu", "capacity_memory", "reserved_cpu", "reserved_memory", "images",
+    "resource_version",
+)  # fmt: skip
+
+
+def _node_info(row) -> NodeInfo:
+    (pk, name, status, cordoned, agent_labels, user_labels, taints, cpu, memory,
+     reserved_cpu, reserved_memory, images, version) = row  # fmt: skip
+    return NodeInfo(
+        id=pk,
+        name=name,
+        ready=status == Node.Status.READY,
+        unschedulable=cordoned,
+        labels={**agent_labels, **user_labels},
+        taints=tuple(Taint(t["key"], t.get("value") or "", t["effect"]) for t in taints or []),
+        allocatable_cpu=max(cpu - reserved_cpu, 0),
+        allocatable_memory=max(memory - reserved_memory, 0),
+        images=frozenset(images or ()),
+        resource_version=version,
+    )
+
+
+def _load(node_ids: list[int] | None) -> dict[int, NodeInfo]:
+    """Nodes (all, or these) with what occupies them: every replica placed there,
+    Terminating ones included (their containers hold CPU, memory and ports until gone)."""
+    node_rows = Node.objects.all() if node_ids is None else Node.objects.filter(pk__in=node_ids)
+    nodes = {row[0]: _node_info(row) for row in node_rows.values_list(*_COLUMNS)}
+    placed = Replica.objects.filter(node__isnull=False)
+    if node_ids is not None:
+        placed = placed.filter(node_id__in=node_ids)
     usage = (
-        Replica.objects.filter(node__isnull=False)
-        .values("node_id")
+        placed.values("node_id")
         .annotate(
             cpu=Sum("cpu_request"),
             memory=Sum("memory_request"),
@@ -56,12 +64,78 @@ def take_snapshot(deployment_id: int | None = None) -> list[NodeInfo]:
         if node is not None:
             node.requested_cpu, node.requested_memory = cpu, memory
             node.score_cpu, node.score_memory = score_cpu, score_memory
-    ports = (
-        Replica.objects.filter(node__isnull=False).exclude(host_ports=[]).values_list("node_id", "host_ports")
-    )
-    for node_id, host_ports in ports:
+    for node_id, host_ports in placed.exclude(host_ports=[]).values_list("node_id", "host_ports"):
         if node_id in nodes:
             nodes[node_id].host_ports |= {(port, protocol) for port, protocol in host_ports}
+    return nodes
+
+
+class SnapshotCache:
+    """The snapshot, kept between passes in one worker process and brought up to date by
+    resource_version: every change to what placement reads about a node (its labels,
+    taints, status, room, a placement onto it, a replica leaving it) bumps the version,
+    so only nodes whose version moved are read again. One pass reads every node's
+    version (one narrow query) instead of every node and every replica."""
+
+    # Beyond this share of nodes changed, one full read is cheaper than many filtered ones.
+    FULL_RELOAD_SHARE = 0.5
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, NodeInfo] = {}
+
+    def take(self, deployment_id: int | None = None) -> list[NodeInfo]:
+        versions = dict(Node.objects.values_list("pk", "resource_version"))
+        for pk in set(self._nodes) - set(versions):
+            del self._nodes[pk]
+        stale = [pk for pk, version in versions.items() if self._version(pk) != version]
+        if len(stale) > self.FULL_RELOAD_SHARE * max(len(versions), 1):
+            self._nodes = _load(None)
+        elif stale:
+            self._nodes.update(_load(stale))
+        for node in self._nodes.values():
+            node.deployment_counts.clear()
+        if deployment_id is not None:
+            counts = (
+                Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
+                .values("node_id")
+                .annotate(n=Count("id"))
+                .values_list("node_id", "n")
+            )
+            for node_id, n in counts:
+                if node_id in self._nodes:
+                    self._nodes[node_id].deployment_counts[deployment_id] = n
+        return list(self._nodes.values())
+
+    def _version(self, pk: int) -> int | None:
+        node = self._nodes.get(pk)
+        return None if node is None else node.resource_version
+
+    def forget(self, node_ids=None) -> None:
+        """Read these nodes (default: all) again next time: a pass changed them in memory
+        (placing onto them) and may not commit."""
+        if node_ids is None:
+            self._nodes.clear()
+        for pk in node_ids or ():
+            self._nodes.pop(pk, None)
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.cache = SnapshotCache()
+
+
+# One cache per thread: a Celery prefork child has one; tests that schedule from several
+# threads at once get one each (the optimistic commit keeps them honest with each other).
+_local = _PerThread()
+
+
+def take_snapshot(deployment_id: int | None = None, *, cached: bool = False) -> list[NodeInfo]:
+    """Every node with what occupies it, each carrying the resource_version it was read at
+    (for the optimistic commit). `cached=True` reuses this process's SnapshotCache: the
+    caller must `forget_nodes` the nodes it placed onto (schedule() changes them)."""
+    if cached:
+        return _local.cache.take(deployment_id)
+    nodes = _load(None)
     if deployment_id is not None:
         counts = (
             Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
@@ -73,3 +147,7 @@ def take_snapshot(deployment_id: int | None = None) -> list[NodeInfo]:
             if node_id in nodes:
                 nodes[node_id].deployment_counts[deployment_id] = n
     return list(nodes.values())
+
+
+def forget_nodes(node_ids=None) -> None:
+    _local.cache.forget(node_ids)
