@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import redis
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,7 +29,7 @@ REDIS_ERRORS = (redis.RedisError, BrokerError)
     ignore_result=True,
     autoretry_for=(*DATABASE_ERRORS, *REDIS_ERRORS),
     retry_backoff=True,
-    retry_backoff_max=30,
+    retry_backoff_max=5,  # a pass is cheap; after an outage, work resumes within seconds
     max_retries=None,
 )
 def reconcile_deployment(deployment_id: int) -> None:
@@ -47,8 +48,6 @@ _marks = None
 def _queued_marks():
     global _marks
     if _marks is None:
-        from django.conf import settings
-
         _marks = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     return _marks
 
@@ -103,9 +102,12 @@ def resync() -> None:
     Ready nodes that may not have it (behind their generation, or not reporting replicas
     placed on them). Also run when a worker starts (its predecessor may have died holding
     tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
-    for deployment_id in Deployment.objects.values_list("pk", flat=True):
-        reconcile_deployment.delay(deployment_id)
-    stale = nodes_to_resend()
-    if stale:
-        log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
-        dispatch_nodes(stale)
+    try:
+        for deployment_id in Deployment.objects.values_list("pk", flat=True):
+            reconcile_deployment.delay(deployment_id)
+        stale = nodes_to_resend()
+        if stale:
+            log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
+            dispatch_nodes(stale)
+    except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
+        log.warning("resync skipped (the next one runs in %g s): %s", settings.RESYNC_INTERVAL_SECONDS, exc)

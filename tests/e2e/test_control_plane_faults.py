@@ -218,8 +218,10 @@ def _pool_children(pid: int) -> list[int]:
 
 
 def test_worker_killed_mid_rollout(faulty, api, control_plane):
-    """The worker dies holding a reconcile (the task is lost with it, and its "queued" mark
-    stays behind in Redis) while one rollout is half done and a second one was just declared."""
+    """The worker dies in the middle of a rollout, holding work: its pool is frozen first, so
+    at the kill it is inside a reconcile (a transaction open, row locks held) or holds the
+    reserved, unacknowledged task for a second rollout declared meanwhile (lost with it, its
+    "queued" mark left behind in Redis). A new worker starts, as a supervisor would start one."""
     hosts = faulty
     name = unique("wkill")
     agent_pids = {h.name: h.agent.pid for h in hosts}
@@ -237,23 +239,27 @@ def test_worker_killed_mid_rollout(faulty, api, control_plane):
             lambda: f"a new replica running: {watch.snapshot()}",
         )
         worker = control_plane.procs["worker"]
-        children = _pool_children(worker.pid)
-        for child in children:  # the pool stops executing; the main process still takes tasks
+        for child in _pool_children(worker.pid):  # the pool stops; the main process still takes tasks
             os.kill(child, signal.SIGSTOP)
-        declared = patch(api, name, env={"ROLLOUT": "2"})
-        # The worker has taken (reserved, unacknowledged) the task for that change.
+        # The second change may wait for a row lock a frozen reconcile holds: send it aside.
+        second: dict = {}
+        sender = threading.Thread(target=lambda: second.update(patch(api, name, env={"ROLLOUT": "2"})))
+        sender.start()
         wait_for(lambda: broker.hlen("unacked") > 0, 10, "the worker to hold an unacknowledged task")
         held = broker.hlen("unacked")
         started = time.monotonic()
         control_plane.kill("worker", signal.SIGKILL)
+        sender.join(30)
+        assert second, "the second change was answered once the killed worker's locks went"
         control_plane.start_process("worker")
         recovered = wait_converged(
             api, watch, name, REPLICAS, started, f"worker killed holding {held} task(s)"
         )
     watch.assert_never_started_twice()
-    assert_declared(api, name, env={"ROLLOUT": "2"}, replicas=REPLICAS, generation=declared["generation"])
+    assert_declared(api, name, env={"ROLLOUT": "2"}, replicas=REPLICAS, generation=second["generation"])
     final = containers_by_replica(watch.snapshot())
-    assert not set(final) & set(before), "the old revision's replicas are all gone"
+    assert not set(final) & set(before), "the first revision's replicas are all gone"
+    assert len({c["revision"] for c in watch.snapshot()}) == 1
     assert_agents_reconnected(api, hosts, agent_pids)
     print(f"worker_kill: converged_s={recovered:.2f}")
 
@@ -307,7 +313,7 @@ def not_ready_events(api, hosts, since):
 
 def test_postgres_restart(faulty, api, control_plane, berth_services):
     """A scale-up is declared, and PostgreSQL goes away for a few seconds while it is being
-    carried out (agents report new containers into the outage)."""
+    carried out: the agents report their new containers into the outage."""
     hosts = faulty
     name = unique("pgrs")
     agent_pids = {h.name: h.agent.pid for h in hosts}
@@ -315,6 +321,8 @@ def test_postgres_restart(faulty, api, control_plane, berth_services):
     since = datetime.now(UTC)
     with watch:
         patch(api, name, replicas=REPLICAS + 2)
+        # The agents got the new set: their reports on the new containers run into the outage.
+        wait_for(lambda: len(watch.snapshot()) > REPLICAS, 10, lambda: f"a new container: {watch.snapshot()}")
         started = time.monotonic()
         down = berth_services.restart_postgres(down_for=OUTAGE_S)
         print(f"PostgreSQL was unreachable {down:.2f} s")

@@ -203,12 +203,14 @@ class ControlPlane:
         self.start_process(name, timeout)
 
     def ensure_running(self) -> None:
-        """Start again whatever a failed fault test left stopped or dead."""
+        """Start again whatever a failed fault test left stopped (SIGSTOP) or dead."""
         for name in self.PROCESSES:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 self.procs.pop(name)
                 proc = None
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGCONT)  # a test may have frozen some of it
             if proc is None and name in self._argv:
                 self._spawn(name, self._argv[name])
         self.wait_healthy()
