@@ -245,7 +245,13 @@ def test_worker_killed_mid_rollout(faulty, api, control_plane):
         second: dict = {}
         sender = threading.Thread(target=lambda: second.update(patch(api, name, env={"ROLLOUT": "2"})))
         sender.start()
-        wait_for(lambda: broker.hlen("unacked") > 0, 10, "the worker to hold an unacknowledged task")
+        # The worker holds a reconcile: running in a frozen child (its transaction open) or
+        # reserved by the main process; unacknowledged either way, lost with the worker.
+        wait_for(
+            lambda: any(b"orchestrator.reconcile_deployment" in m for m in broker.hvals("unacked")),
+            10,
+            lambda: f"the worker to hold a reconcile; it holds {broker.hvals('unacked')}",
+        )
         held = broker.hlen("unacked")
         started = time.monotonic()
         control_plane.kill("worker", signal.SIGKILL)

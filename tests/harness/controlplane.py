@@ -145,8 +145,10 @@ class ControlPlane:
         self.api = ApiClient(self.base_url, self.api_token)
 
         python = sys.executable
+        # A bounded graceful stop, as in production (Dockerfile): see README, Failure behaviour.
         self._spawn("web", [python, "-m", "uvicorn", "config.asgi:application",
-                            "--host", "0.0.0.0", "--port", str(self.port)])  # fmt: skip
+                            "--host", "0.0.0.0", "--port", str(self.port),
+                            "--timeout-graceful-shutdown", "3"])  # fmt: skip
         self._spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "-l", "info",
                                "--concurrency", "2", "-Q", "celery"])  # fmt: skip
         self._spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
