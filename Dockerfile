@@ -14,5 +14,6 @@ RUN BERTH_DEBUG=false BERTH_SECRET_KEY=collectstatic-only BERTH_ALLOWED_HOSTS=bu
 
 USER berth
 EXPOSE 8000
-# uvicorn serves HTTP and WebSockets (agents and browsers).
-CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips=*"]
+# uvicorn serves HTTP and WebSockets (agents and browsers). A stop waits at most 3 s for
+# work in flight: agents reconnect anyway, and a stop must not hang on a lingering task.
+CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips=*", "--timeout-graceful-shutdown", "3"]

@@ -14,6 +14,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from web.consumers.routing import agent_urlpatterns, browser_urlpatterns  # noqa: E402
+from web.lifespan import lifespan  # noqa: E402
 
 
 def _websocket_router():
@@ -32,4 +33,6 @@ def _websocket_router():
     return route
 
 
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": _websocket_router()})
+application = ProtocolTypeRouter(
+    {"http": django_asgi_app, "websocket": _websocket_router(), "lifespan": lifespan}
+)

@@ -1,8 +1,10 @@
 """The Celery application: controllers run here, the periodic loops are scheduled by beat."""
 
+import logging
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -23,3 +25,15 @@ def _schedule_loops(sender, **kwargs):
     sender.add_periodic_task(
         settings.RESYNC_INTERVAL_SECONDS, sender.signature("orchestrator.resync"), name="resync"
     )
+
+
+@worker_ready.connect
+def _resync_on_start(sender, **kwargs):
+    # A worker that starts may replace one that was killed holding tasks: with late
+    # acknowledgement they stay reserved in Redis until the visibility timeout (an hour),
+    # and their "reconcile queued" marks (orchestrator.tasks.request_reconcile) hold back
+    # new requests for a minute. A resync now redoes whatever they were for.
+    try:
+        app.send_task("orchestrator.resync")
+    except Exception as exc:  # the broker is down: the periodic resync will run once it is back
+        logging.getLogger(__name__).warning("no resync at worker start: %s", exc)

@@ -224,7 +224,8 @@ def run(stack: ExitStack, children: list[Child]) -> int:
 
     base_url = f"http://127.0.0.1:{PORT}"
     children.append(Child("web", [PYTHON, "-m", "uvicorn", "config.asgi:application",
-                                  "--host", "127.0.0.1", "--port", str(PORT)], env))  # fmt: skip
+                                  "--host", "127.0.0.1", "--port", str(PORT),
+                                  "--timeout-graceful-shutdown", "3"], env))  # fmt: skip
     children.append(Child("worker", [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "info",
                                      "--concurrency", "2", "-Q", "celery"], env))  # fmt: skip
     children.append(Child("beat", [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "info",

@@ -320,11 +320,17 @@ class PostgresServer:
         with self.connect():
             return True
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown: disconnect clients, roll back, stop."""
+    def stop(self, timeout: float = 30.0, *, immediate: bool = False) -> None:
+        """Fast shutdown: disconnect clients, roll back, stop. `immediate` (SIGQUIT) stops
+        without a checkpoint, as after a crash: the next start replays the WAL."""
         if self.proc is not None:
-            stop_process(self.proc, signal.SIGINT, timeout)
+            stop_process(self.proc, signal.SIGQUIT if immediate else signal.SIGINT, timeout)
             self.proc = None
+
+    def restart(self, timeout: float = 60.0, *, immediate: bool = False) -> PostgresServer:
+        """Stop and start again on the same port and directories (every client is disconnected)."""
+        self.stop(immediate=immediate)
+        return self.start(timeout)
 
     @property
     def running(self) -> bool:
@@ -414,10 +420,22 @@ class RedisServer:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            stop_process(self.proc, signal.SIGTERM, timeout)
+            stop_process(self.proc, sig, timeout)
             self.proc = None
+
+    def restart(self, timeout: float = 30.0, sig: int = signal.SIGKILL) -> RedisServer:
+        """Stop (killed outright by default) and start again on the same port. Nothing is
+        persisted (see start), so the new server is empty: every key, queue and group is gone."""
+        self.stop(sig=sig)
+        return self.start(timeout)
+
+    def command(self, *args: str) -> bytes:
+        """Send one inline command (e.g. "FLUSHALL") and return the raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(" ".join(args).encode() + b"\r\n")
+            return sock.recv(4096)
 
 
 # --- Docker ------------------------------------------------------------------------------------

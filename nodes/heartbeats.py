@@ -3,11 +3,16 @@ second or two would otherwise be thousands of row updates a second. The node mon
 reads them in one call and writes PostgreSQL only on a change of status (and a coarse
 `last_heartbeat` for people)."""
 
+import logging
+
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
 KEY = "berth:heartbeats"
+EPOCH_KEY = "berth:heartbeats:since"
+
+log = logging.getLogger(__name__)
 
 _sync_client = None
 _async_clients: dict = {}
@@ -56,7 +61,38 @@ async def flush(loop=None) -> None:
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-    await client.hset(KEY, mapping=batch)
+    try:
+        await client.hset(KEY, mapping=batch)
+    except redis.RedisError as exc:
+        # Redis is restarting: these beats are lost, the agents' next ones (a second or two
+        # later) get through, and the node monitor gives every node a fresh grace after a
+        # Redis that lost its data (tracking_since).
+        log.warning("could not record %d heartbeat(s): %s", len(batch), exc)
+
+
+def tracking_since(now: float) -> tuple[float, bool]:
+    """Since when heartbeats have been recorded here, and whether that starts now.
+
+    A Redis that restarted or was flushed holds no heartbeats at all, although the agents
+    are fine: the node monitor must then give every node a whole grace from this moment
+    before calling it silent. The first call after the loss (or ever) sets the mark and
+    gets (now, True); later calls get the mark and False. A web process that starts moves
+    the mark to its start (restart_tracking): its agents are reconnecting.
+    """
+    client = _client()
+    if client.set(EPOCH_KEY, repr(now), nx=True):
+        return now, True
+    value = client.get(EPOCH_KEY)
+    return (float(value), False) if value else (now, False)
+
+
+async def restart_tracking(now: float) -> None:
+    """A web process started: heartbeats count from `now` (see tracking_since)."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        await client.set(EPOCH_KEY, repr(now))
+    finally:
+        await client.aclose()
 
 
 def read_all() -> dict[int, float]:

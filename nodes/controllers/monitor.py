@@ -7,6 +7,7 @@ replicas' phase Unknown) on a transition, and a coarse `last_heartbeat`. Runs ev
 second or so from beat; a singleton through an advisory lock; a rerun finds nothing new.
 """
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -15,10 +16,12 @@ from django.utils import timezone
 
 from nodes import heartbeats
 from nodes.models import Node
-from nodes.sessions import mark_node_lost
+from nodes.sessions import GROUP_REFRESH_SECONDS, mark_node_lost
 from orchestrator.dispatch import dispatch_nodes
 from orchestrator.events import record_event
 from orchestrator.locks import try_transaction_lock
+
+log = logging.getLogger(__name__)
 
 # last_heartbeat in PostgreSQL is for people; it moves when it is this much behind.
 _COARSE = timedelta(seconds=5)
@@ -34,9 +37,18 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
     now = now or timezone.now()
     grace = timedelta(seconds=settings.NODE_GRACE_SECONDS)
     beats = {k: datetime.fromtimestamp(v, tz=UTC) for k, v in heartbeats.read_all().items()}
+    since, fresh = heartbeats.tracking_since(now.timestamp())
+    if fresh:
+        _after_redis_loss()
+    # Nobody is silent for longer than heartbeats have been recorded: after Redis lost them
+    # every node gets a whole grace for its agent's next beat to arrive.
+    tracked_from = datetime.fromtimestamp(since, tz=UTC)
+
+    def last_beat(pk, last_heartbeat, status_changed_at):
+        return max(filter(None, [beats.get(pk), last_heartbeat]), default=status_changed_at)
 
     def last_seen(pk, last_heartbeat, status_changed_at):
-        return max(filter(None, [beats.get(pk), last_heartbeat]), default=status_changed_at)
+        return max(last_beat(pk, last_heartbeat, status_changed_at), tracked_from)
 
     lost = []
     with transaction.atomic():
@@ -47,10 +59,11 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
             "pk", "last_heartbeat", "status_changed_at"
         )
         for pk, last_heartbeat, status_changed_at in ready:
-            last = last_seen(pk, last_heartbeat, status_changed_at)
-            if now - last > grace:
+            if now - last_seen(pk, last_heartbeat, status_changed_at) > grace:
                 silent.append(pk)
-            elif last_heartbeat is None or last - last_heartbeat >= _COARSE:
+                continue
+            last = last_beat(pk, last_heartbeat, status_changed_at)
+            if last_heartbeat is None or last - last_heartbeat >= _COARSE:
                 refresh.append(Node(pk=pk, last_heartbeat=last))
         if refresh:
             Node.objects.bulk_update(refresh, ["last_heartbeat"], batch_size=1000)
@@ -67,6 +80,21 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
                 lost.append(node.name)
         _recover(beats, now, grace)
     return lost
+
+
+def _after_redis_loss() -> None:
+    """Redis holds no heartbeat mark: it was restarted or flushed (or this is the first pass
+    ever), so queued tasks and published desired sets may be gone with it. Once the agent
+    consumers have rejoined their channel groups (nodes.sessions.GROUP_REFRESH_SECONDS), a
+    resync reconciles every deployment and resends what agents may have missed."""
+    from orchestrator.tasks import resync
+
+    log.warning("Redis lost its data (no heartbeat mark): every node gets a fresh grace; resyncing")
+    try:
+        # Every consumer rejoins at its first heartbeat GROUP_REFRESH_SECONDS after its last join.
+        resync.apply_async(countdown=GROUP_REFRESH_SECONDS + settings.AGENT_HEARTBEAT_SECONDS + 1)
+    except Exception as exc:  # Redis went again: the periodic resync runs once it is back
+        log.warning("could not queue the resync: %s", exc)
 
 
 def _recover(beats: dict, now: datetime, grace: timedelta) -> None:

@@ -8,7 +8,9 @@ the hosts' namespaces reach it at their gateway address.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +73,7 @@ class ControlPlane:
         self.admin_password = ""
         self.api: ApiClient = ApiClient(self.base_url)
         self.timings: dict[str, float] = {}
+        self._argv: dict[str, list[str]] = {}
 
     # --- what tests use ------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class ControlPlane:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self._argv[name] = argv
         with open(self.log_path(name), "ab") as log:
             self.procs[name] = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -141,13 +145,21 @@ class ControlPlane:
         self.api = ApiClient(self.base_url, self.api_token)
 
         python = sys.executable
+        # A bounded graceful stop, as in production (Dockerfile): see README, Failure behaviour.
         self._spawn("web", [python, "-m", "uvicorn", "config.asgi:application",
-                            "--host", "0.0.0.0", "--port", str(self.port)])  # fmt: skip
+                            "--host", "0.0.0.0", "--port", str(self.port),
+                            "--timeout-graceful-shutdown", "3"])  # fmt: skip
         self._spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "-l", "info",
                                "--concurrency", "2", "-Q", "celery"])  # fmt: skip
         self._spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
                              "--schedule", str(self.dir / "beat-schedule")])  # fmt: skip
 
+        self.wait_healthy(timeout)
+        self.timings["ready"] = time.monotonic() - started
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Wait until every process runs and the web server answers its health check."""
         health = ApiClient(self.base_url, timeout=3)
 
         def healthy() -> bool:
@@ -161,8 +173,49 @@ class ControlPlane:
             raise
         except AssertionError as exc:
             raise ControlPlaneError(f"{exc}\n{self.logs()}") from None
-        self.timings["ready"] = time.monotonic() - started
-        return self
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to a process and everything it started (a Celery worker's pool children
+        too: they share its process group), and wait for it to end. The process stays down
+        until start_process(name)."""
+        proc = self.procs.pop(name)
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        # Pool children reparented away from the group leader may outlive it for a moment.
+        wait_for(lambda: not _group_alive(proc.pid), 10, f"every process of {name} (group {proc.pid}) to end")
+
+    def start_process(self, name: str, timeout: float = 60.0) -> None:
+        """Start a process that kill() stopped, with its original command line; wait until healthy."""
+        if name in self.procs:
+            raise ControlPlaneError(f"{name} is already running (pid {self.procs[name].pid})")
+        self._spawn(name, self._argv[name])
+        self.wait_healthy(timeout)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL, timeout: float = 60.0) -> None:
+        self.kill(name, sig)
+        self.start_process(name, timeout)
+
+    def ensure_running(self) -> None:
+        """Start again whatever a failed fault test left stopped (SIGSTOP) or dead."""
+        for name in self.PROCESSES:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                self.procs.pop(name)
+                proc = None
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGCONT)  # a test may have frozen some of it
+            if proc is None and name in self._argv:
+                self._spawn(name, self._argv[name])
+        self.wait_healthy()
 
     def reset_data(self) -> None:
         """Start over with an empty, migrated database (data migrations included), a new admin
@@ -189,3 +242,22 @@ class ControlPlane:
             proc = self.procs.pop(name, None)
             if proc is not None:
                 stop_process(proc, timeout=15)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies count as alive for killpg; look for a live member.
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False

@@ -14,6 +14,7 @@ import atexit
 import os
 import secrets
 import signal
+import time
 
 import pytest
 
@@ -52,6 +53,34 @@ class TestServices:
     def redis_url(self, db: int = 0) -> str:
         return self.redis.url(db)
 
+    # --- faults (tests/e2e/test_control_plane_faults.py); both servers are shared by the whole
+    # session, so every fault leaves them running again on the same ports.
+
+    def restart_postgres(self, *, down_for: float = 0.0, immediate: bool = False) -> float:
+        """Restart PostgreSQL (every connection is cut), keeping it stopped for `down_for`
+        seconds (an outage of that length); returns how long it was unreachable (s)."""
+        started = time.monotonic()
+        self.postgres.stop(immediate=immediate)
+        _outage(started, down_for)
+        self.postgres.start()
+        return time.monotonic() - started
+
+    def restart_redis(self, *, down_for: float = 0.0) -> float:
+        """Kill Redis and start an empty one on the same port (it persists nothing): queues,
+        channel groups, heartbeats are all gone. Returns how long it was unreachable (s)."""
+        started = time.monotonic()
+        self.redis.stop(sig=signal.SIGKILL)
+        _outage(started, down_for)
+        self.redis.start()
+        return time.monotonic() - started
+
+    def ensure_running(self) -> None:
+        """Start whichever of the two a failed fault test left stopped."""
+        if not self.postgres.running:
+            self.postgres.start()
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -62,6 +91,13 @@ class TestServices:
             except Exception as exc:  # keep going: the session teardown below kills leftovers
                 print(f"berth harness: stopping a service failed: {exc}")
         self.session.close(keep_files=os.environ.get("BERTH_KEEP_TEST_DIR") == "1")
+
+
+def _outage(started: float, seconds: float) -> None:
+    # The length of the fault itself, not a wait for something to happen.
+    remaining = started + seconds - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 SERVICES_KEY = pytest.StashKey[TestServices]()

@@ -4,6 +4,7 @@ It forwards the node's desired sets (published by workers to the node's group) a
 hands what the agent reports to the controllers. See docs/agent-protocol.md.
 """
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,14 +12,20 @@ import uuid
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db import InterfaceError, OperationalError
 
 from nodes import heartbeats
 from nodes.services import authenticate_node
-from nodes.sessions import session_closed, session_hello
+from nodes.sessions import GROUP_REFRESH_SECONDS, session_closed, session_hello
 from orchestrator.controllers.node_reports import apply_node_report
 from orchestrator.dispatch import desired_set
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL restarting: the agent's session survives it (see _retry_database).
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0
+SERVER_RESTART = 1012  # the close code uvicorn gives every WebSocket when it shuts down
 
 
 def in_pool(fn):
@@ -58,27 +65,42 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             await self.close()  # before accept: the handshake is answered 403
             return
         self.node_id, self.node_name = node.pk, node.name
+        self.group = node.channel_group
         self.session = uuid.uuid4()
         self.sent_generation = 0
         self.greeted = False
-        await self.channel_layer.group_add(node.channel_group, self.channel_name)
+        self.unapplied_report: dict | None = None
+        self.report_retry: asyncio.Task | None = None
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.joined_at = time.monotonic()
         await self.accept()
         log.info("agent of node %s connected", self.node_name)
 
     async def disconnect(self, code):
         if self.node_id is None:
             return
-        await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
-        if self.greeted:
-            await in_pool(session_closed)(self.node_id, self.session)
+        if self.report_retry is not None:
+            self.report_retry.cancel()
+        try:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            if self.greeted and code == SERVER_RESTART:
+                # This web process is shutting down, not the agent going away: it reconnects
+                # (to us again, or to another web process) well within the grace. If it does
+                # not, the node monitor notices the silence.
+                log.info("agent of node %s: session ends with this web process", self.node_name)
+            elif self.greeted:
+                await in_pool(session_closed)(self.node_id, self.session)
+        except Exception as exc:  # Redis or PostgreSQL down: the monitor notices the silence instead
+            log.warning("agent of node %s: cleaning up its session failed: %s", self.node_name, exc)
         log.info("agent of node %s disconnected (%s)", self.node_name, code)
 
     async def receive_json(self, content, **kwargs):
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "heartbeat":
             await heartbeats.record(self.node_id, time.time())
+            await self._refresh_group()
         elif kind == "status":
-            await in_pool(apply_node_report)(self.node_id, content)
+            await self._report(content)
         elif kind == "hello":
             await self._hello(content)
         else:
@@ -89,7 +111,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
 
         client = self.scope.get("client") or ("", 0)
         await heartbeats.record(self.node_id, time.time())
-        await in_pool(session_hello)(self.node_id, self.session, hello, client[0] or "")
+        await self._retry_database(session_hello, self.node_id, self.session, hello, client[0] or "")
         self.greeted = True
         await self.send_json(
             {
@@ -99,7 +121,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             }
         )
         # The full set on every connect: a lost message is never a lost replica.
-        frame = await in_pool(desired_set)(self.node_id)
+        frame = await self._retry_database(desired_set, self.node_id)
         if frame is not None:
             await self._send_desired(frame)
 
@@ -112,3 +134,57 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             return  # an older set overtaken by a newer one
         self.sent_generation = frame["generation"]
         await self.send_json(frame)
+
+    # --- surviving a Redis or PostgreSQL restart -----------------------------------------------
+
+    async def _refresh_group(self):
+        """Join the node's group again every GROUP_REFRESH_SECONDS: a restarted or flushed Redis
+        forgot it, and the desired sets published to it would reach nobody. (A restarted Redis
+        also breaks this consumer's channel, which ends the connection: the agent reconnects.)"""
+        if time.monotonic() - self.joined_at < GROUP_REFRESH_SECONDS:
+            return
+        self.joined_at = time.monotonic()
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def _retry_database(self, fn, *args):
+        """Call `fn` in the pool until PostgreSQL answers, backing off to RETRY_MAX seconds; the
+        agent's connection stays up meanwhile (closing it would only make it back off too)."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await in_pool(fn)(*args)
+            except DATABASE_ERRORS as exc:
+                log.warning("agent of node %s: database unavailable (%s); retrying in %.1f s",
+                            self.node_name, str(exc).strip() or type(exc).__name__, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _report(self, content: dict):
+        """Apply a status report. If PostgreSQL is unavailable, keep it and apply it once it is
+        back, in the background so heartbeats keep flowing; a newer report replaces a kept one
+        (each is a full snapshot)."""
+        if self.report_retry is not None and not self.report_retry.done():
+            self.unapplied_report = content
+            return
+        try:
+            await in_pool(apply_node_report)(self.node_id, content)
+        except DATABASE_ERRORS:
+            self.unapplied_report = content
+            self.report_retry = asyncio.create_task(self._apply_kept_reports())
+
+    async def _apply_kept_reports(self):
+        delay = RETRY_FIRST
+        while self.unapplied_report is not None:
+            await asyncio.sleep(delay)
+            report = self.unapplied_report
+            try:
+                await in_pool(apply_node_report)(self.node_id, report)
+            except DATABASE_ERRORS as exc:
+                log.warning("agent of node %s: database unavailable (%s); report kept, retrying in %.1f s",
+                            self.node_name, str(exc).strip() or type(exc).__name__, delay)  # fmt: skip
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except Exception:
+                log.exception("agent of node %s: applying a kept status report failed", self.node_name)
+            if self.unapplied_report is report:
+                self.unapplied_report = None
