@@ -73,32 +73,50 @@ def _observed_fields(entry: dict) -> dict | None:
     }
 
 
-def apply_node_report(node_id: int, report: dict) -> None:
+def _reported(node_id: int, report: dict) -> dict[tuple[str, str], dict] | None:
+    """The report's replicas as {(namespace, name): model fields}; None if it is malformed."""
     entries = report.get("replicas")
     if not isinstance(entries, list):
         log.warning("node %s sent a status without a replica list; ignored", node_id)
-        return
+        return None
     reported: dict[tuple[str, str], dict] = {}
     for entry in entries:
         if isinstance(entry, dict):
             fields = _observed_fields(entry)
             if fields is not None:
                 reported[(str(entry.get("namespace")), str(entry.get("name")))] = fields
+    return reported
+
+
+def apply_node_report(node_id: int, report: dict) -> None:
+    apply_node_reports({node_id: report})
+
+
+def apply_node_reports(reports: dict[int, dict]) -> None:
+    """Apply the latest full report of each of these nodes, in one transaction: one query
+    locks all their replicas (in pk order, as the deployment controller locks them), one
+    bulk update writes what changed. A web process batches its agents' reports this way
+    (web/consumers/reports.py), so many agents reporting at once cost one round of queries."""
+    parsed = {node_id: _reported(node_id, report) for node_id, report in reports.items()}
+    parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
+    if not parsed:
+        return
     affected: set[int] = set()
     now = timezone.now()
     with transaction.atomic():
         replicas = (
             Replica.objects.select_for_update(of=("self",))
-            .filter(node_id=node_id)
+            .filter(node_id__in=list(parsed))
             .select_related("namespace")
             .order_by("pk")  # the controller locks replicas in pk order too: no deadlock
         )
-        gone, updated, fields = [], [], set()
+        gone, freed, updated, fields = [], set(), [], set()
         for replica in replicas:
-            observed = reported.get((replica.namespace.name, replica.name))
+            observed = parsed[replica.node_id].get((replica.namespace.name, replica.name))
             if replica.phase == Replica.Phase.TERMINATING:
                 if observed is None:
                     gone.append(replica.pk)
+                    freed.add(replica.node_id)
                     affected.add(replica.deployment_id)
                 continue
             if observed is None:
@@ -112,15 +130,22 @@ def apply_node_report(node_id: int, report: dict) -> None:
                 fields.update(changed)
                 affected.add(replica.deployment_id)
         if updated:
-            Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"])
+            Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"], batch_size=1000)
+        # Node rows are locked in id order, as schedulers' claims and dispatch lock them: an
+        # UPDATE of several rows at once would lock them in any order and could deadlock.
+        list(Node.objects.select_for_update().filter(pk__in=list(parsed)).order_by("pk").values_list("pk"))
         if gone:
             Replica.objects.filter(pk__in=gone).delete()
-            # Room freed: schedulers that cached this node's usage must read it again.
-            Node.objects.filter(pk=node_id).update(resource_version=F("resource_version") + 1)
+            # Room freed: schedulers that cached these nodes' usage must read them again.
+            Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
             transaction.on_commit(place_waiting_replicas)  # their room is free again
-        generation = report.get("generation")
-        if isinstance(generation, int):
-            Node.objects.filter(pk=node_id, observed_generation__lt=generation).update(
+        by_generation: dict[int, list[int]] = {}
+        for node_id in sorted(parsed):
+            generation = reports[node_id].get("generation")
+            if isinstance(generation, int) and not isinstance(generation, bool):
+                by_generation.setdefault(generation, []).append(node_id)
+        for generation, node_ids in sorted(by_generation.items()):
+            Node.objects.filter(pk__in=node_ids, observed_generation__lt=generation).update(
                 observed_generation=generation
             )
         if affected:

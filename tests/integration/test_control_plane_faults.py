@@ -67,7 +67,7 @@ def test_the_agent_session_survives_a_database_outage():
     reconcile_deployment(deployment.pk)
     replicas = list(Replica.objects.all())
     outage = {"hello": 2, "report": 3}  # failures before the database "comes back"
-    real_hello, real_report = sessions.session_hello, node_reports.apply_node_report
+    real_hello, real_report = sessions.session_hello, node_reports.apply_node_reports
 
     def flaky(kind, real):
         def call(*args):
@@ -94,7 +94,7 @@ def test_the_agent_session_survives_a_database_outage():
 
     with (
         mock.patch("web.consumers.agent.session_hello", flaky("hello", real_hello)),
-        mock.patch("web.consumers.agent.apply_node_report", flaky("report", real_report)),
+        mock.patch("web.consumers.reports.apply_node_reports", flaky("report", real_report)),
     ):
         welcome, desired = run(scenario)
     assert welcome["type"] == "welcome" and desired["type"] == "desired"

@@ -17,8 +17,8 @@ from django.db import InterfaceError, OperationalError
 from nodes import heartbeats
 from nodes.services import authenticate_node
 from nodes.sessions import GROUP_REFRESH_SECONDS, session_closed, session_hello
-from orchestrator.controllers.node_reports import apply_node_report
 from orchestrator.dispatch import desired_set
+from web.consumers.reports import report_buffer
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,6 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         self.session = uuid.uuid4()
         self.sent_generation = 0
         self.greeted = False
-        self.unapplied_report: dict | None = None
-        self.report_retry: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.joined_at = time.monotonic()
         await self.accept()
@@ -79,8 +77,6 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if self.node_id is None:
             return
-        if self.report_retry is not None:
-            self.report_retry.cancel()
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             if self.greeted and code == SERVER_RESTART:
@@ -160,31 +156,6 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
                 delay = min(delay * 2, RETRY_MAX)
 
     async def _report(self, content: dict):
-        """Apply a status report. If PostgreSQL is unavailable, keep it and apply it once it is
-        back, in the background so heartbeats keep flowing; a newer report replaces a kept one
-        (each is a full snapshot)."""
-        if self.report_retry is not None and not self.report_retry.done():
-            self.unapplied_report = content
-            return
-        try:
-            await in_pool(apply_node_report)(self.node_id, content)
-        except DATABASE_ERRORS:
-            self.unapplied_report = content
-            self.report_retry = asyncio.create_task(self._apply_kept_reports())
-
-    async def _apply_kept_reports(self):
-        delay = RETRY_FIRST
-        while self.unapplied_report is not None:
-            await asyncio.sleep(delay)
-            report = self.unapplied_report
-            try:
-                await in_pool(apply_node_report)(self.node_id, report)
-            except DATABASE_ERRORS as exc:
-                log.warning("agent of node %s: database unavailable (%s); report kept, retrying in %.1f s",
-                            self.node_name, str(exc).strip() or type(exc).__name__, delay)  # fmt: skip
-                delay = min(delay * 2, RETRY_MAX)
-                continue
-            except Exception:
-                log.exception("agent of node %s: applying a kept status report failed", self.node_name)
-            if self.unapplied_report is report:
-                self.unapplied_report = None
+        """Queue a status report for this process's next batch (web/consumers/reports.py),
+        which also keeps it through a PostgreSQL outage."""
+        report_buffer().submit(self.node_id, content)
