@@ -35,6 +35,7 @@ from agent.runtime import (
     Runtime,
     RuntimeFailure,
 )
+from agent.runtime.docker_streams import DockerStreamsMixin
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _WATCHED_ACTIONS = frozenset(
 )
 
 
-class DockerRuntime(Runtime):
+class DockerRuntime(DockerStreamsMixin, Runtime):
     """Runtime backed by a Docker engine at `base_url` (e.g. unix:///var/run/docker.sock)."""
 
     def __init__(self, base_url: str, node: str, *, workers: int = 48, timeout: float = 60.0) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
+from agent.logbatch import LineHandoff
 from agent.replicas import ContainerState, DesiredReplica, ObservedContainer
 from agent.runtime import (
     MAX_IMAGES,
@@ -214,6 +215,15 @@ class FakeRuntime(Runtime):
                 yield event
         finally:
             self._subscribers.remove(queue)
+
+    async def open_logs(
+        self, container_id: str, since: str | None, tail: int | None, follow: bool, handoff: LineHandoff
+    ) -> Callable[[], None]:
+        """A fake container writes no logs: the stream ends at once (or, followed, when stopped)."""
+        self._get(container_id)
+        if not follow:
+            handoff.finish()
+        return handoff.close
 
     async def close(self) -> None:
         self._closed = True
