@@ -17,6 +17,7 @@ from nodes.services import authenticate_node
 from nodes.sessions import session_closed, session_hello
 from orchestrator.controllers.node_reports import apply_node_report
 from orchestrator.dispatch import desired_set
+from web.consumers.agent_streams import STREAM_REPLIES, AgentStreamsMixin
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _bearer(scope) -> str:
     return ""
 
 
-class AgentConsumer(AsyncJsonWebsocketConsumer):
+class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     node_id: int | None = None
 
     async def dispatch(self, message):
@@ -69,6 +70,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         if self.node_id is None:
             return
         await self.channel_layer.group_discard(f"node.{self.node_id}", self.channel_name)
+        await self.end_streams("the node's agent disconnected")
         if self.greeted:
             await in_pool(session_closed)(self.node_id, self.session)
         log.info("agent of node %s disconnected (%s)", self.node_name, code)
@@ -81,6 +83,8 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             await in_pool(apply_node_report)(self.node_id, content)
         elif kind == "hello":
             await self._hello(content)
+        elif kind in STREAM_REPLIES or kind == "metrics":
+            await self.receive_stream_frame(content)  # logs, exec, metrics: agent_streams.py
         else:
             log.warning("node %s sent an unknown frame type %r; ignored", self.node_name, kind)
 
