@@ -19,3 +19,8 @@ def can_exec(user, namespace) -> bool:
     """A web terminal runs commands as the container's user: far more than seeing or changing
     a spec, so it needs its own grant, the `web.exec_replica` permission (superusers have all)."""
     return _active(user) and user.has_perm("web.exec_replica")
+
+
+def can_audit_terminals(user) -> bool:
+    """Everyone's terminal sessions: staff (the Django admin's people) and superusers."""
+    return _active(user) and (user.is_staff or user.is_superuser)
