@@ -129,9 +129,9 @@ class LogsConsumer(ViewerConsumer):
         if self.sender is None:
             self.sender = asyncio.create_task(self._send_forever())
         await self.send_json({"type": "subscribed", "replicas": sorted(sources)})
-        await self._sync(sources)
+        await self._sync_streams(sources)
 
-    async def _sync(self, sources=None):
+    async def _sync_streams(self, sources=None):
         """Open a stream for every replica with a container and none streaming; close the rest."""
         if not self.subscribed:
             return
@@ -179,17 +179,17 @@ class LogsConsumer(ViewerConsumer):
                 del self.by_replica[replica]
             if frame.get("error"):
                 asyncio.get_running_loop().call_later(
-                    RETRY_SECONDS, lambda: asyncio.ensure_future(self._sync())
+                    RETRY_SECONDS, lambda: asyncio.ensure_future(self._sync_streams())
                 )
             else:
                 self.finished[replica] = source  # the container stopped; a restart opens it again
         self.wake.set()
 
     async def state_changed(self, event):
-        await self._sync()
+        await self._sync_streams()
 
     async def on_tick(self):
-        await self._sync()
+        await self._sync_streams()
 
     async def _send_forever(self):
         while True:
