@@ -370,3 +370,51 @@ def test_rest_logs_reject_a_since_that_is_not_a_time(world, api):
     assert response.status_code == 400 and "since" in response.json()
     assert api.get("/api/v1/namespaces/default/replicas/web-a1/logs?tail=-1").status_code == 400
     assert api.get("/api/v1/namespaces/default/replicas/ghost/logs").status_code == 404
+
+
+def test_rest_logs_come_from_the_agent_merged_in_time_order(world):
+    from channels.testing import HttpCommunicator
+
+    async def scenario():
+        agent = await agent_session(world["credential"])
+        http = HttpCommunicator(
+            application,
+            "GET",
+            "/api/v1/namespaces/default/deployments/web/logs",
+            headers=[(b"authorization", f"Bearer {world['viewer']}".encode())],
+        )
+        http.scope["query_string"] = b"tail=5&format=ndjson"
+        await http.send_input({"type": "http.request", "body": b""})
+
+        async def read_response():
+            start = await http.receive_output(10)
+            body = b""
+            while True:
+                part = await http.receive_output(10)
+                body += part.get("body", b"")
+                if not part.get("more_body"):
+                    return {"status": start["status"], "body": body}
+
+        request = asyncio.ensure_future(read_response())
+        opens = [await receive_type(agent, "logs.open"), await receive_type(agent, "logs.open")]
+        for i, opened in enumerate(opens):
+            assert opened["follow"] is False and opened["tail"] == 5
+            times = ["2026-11-22T11:00:00.000000003Z", "2026-11-22T11:00:00.000000001Z"]
+            await agent.send_json_to(
+                {
+                    "type": "logs",
+                    "stream": opened["stream"],
+                    "lines": [[times[i], "stdout", opened["replica"]]],
+                }
+            )
+            await agent.send_json_to(
+                {"type": "stream.end", "stream": opened["stream"], "error": None, "exit_code": None}
+            )
+        response = await request
+        await agent.disconnect()
+        return opens, response
+
+    opens, response = run(scenario)
+    assert response["status"] == 200, response
+    records = [json.loads(line) for line in response["body"].decode().splitlines()]
+    assert [r["replica"] for r in records] == [opens[1]["replica"], opens[0]["replica"]]  # by time

@@ -21,6 +21,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.views import APIView
 
 from orchestrator.models import Deployment, Replica
@@ -69,7 +70,8 @@ def format_note(replica: str | None, message: str, options: dict) -> str:
 async def stream_logs(namespace: str, targets: dict, options: dict):
     """The formatted lines of `targets` ({replica: node id or None}), as an async generator."""
     layer = get_channel_layer()
-    channel = await layer.new_channel("logs-rest.")
+    # The default prefix: channels_redis reads every process-local channel through one queue.
+    channel = await layer.new_channel()
     streams: dict[str, tuple[str, int]] = {}
     follow = options["follow"]
     collected: list[tuple[str, str, str, str]] = []
@@ -149,7 +151,17 @@ def _targets(replicas) -> dict:
     }
 
 
+class _KeepFormatParameter(DefaultContentNegotiation):
+    """`format` here picks text or NDJSON lines, not one of DRF's renderers (its URL format
+    override would answer 404 for `format=ndjson`)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class _LogsView(APIView):
+    content_negotiation_class = _KeepFormatParameter
+
     def respond(self, request, namespace: str, targets: dict):
         query = LogsQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
