@@ -16,7 +16,8 @@ def ws_url(control_plane, path: str) -> str:
 class Socket:
     """A JSON WebSocket to the control plane; `until(condition, timeout)` reads until true."""
 
-    def __init__(self, control_plane, path: str) -> None:
+    def __init__(self, control_plane, path: str, *, terminal: bool = False) -> None:
+        self.terminal = terminal
         self.ws = connect(ws_url(control_plane, path), origin=control_plane.base_url, open_timeout=10)
         self.token = control_plane.api_token
         self.received: list[dict] = []
@@ -37,6 +38,9 @@ class Socket:
             except TimeoutError:
                 continue
             self.received.append(message)
+            if self.terminal and message.get("type") == "output" and "\x1b[6n" in message["data"]:
+                # busybox's line editor asks where the cursor is and waits: answer as xterm.js does.
+                self.send({"type": "input", "data": "\x1b[1;1R"})
             if condition(message):
                 return message
 

@@ -124,7 +124,9 @@ def test_terminal_through_the_agent_and_metrics_of_a_running_replica(cluster, ap
     name = unique("term")
     create(api, name, 1)
     replica = running(api, name)[0]
-    socket = Socket(control_plane, f"/ws/namespaces/default/replicas/{replica['name']}/terminal/")
+    socket = Socket(
+        control_plane, f"/ws/namespaces/default/replicas/{replica['name']}/terminal/", terminal=True
+    )
     socket.send({"type": "open", "shell": "sh", "cols": 80, "rows": 24}, auth=True)
     socket.until(lambda m: m["type"] == "started", 15, "the terminal to start")
     output = []
@@ -145,7 +147,10 @@ def test_terminal_through_the_agent_and_metrics_of_a_running_replica(cluster, ap
     socket.send({"type": "resize", "cols": 10**6, "rows": 30})
     assert socket.until(lambda m: m["type"] == "error", 5, "an error")["field"] == "cols"
     started = time.monotonic()
-    socket.send({"type": "input", "data": "sleep 60\r"})
+    # Ctrl-C typed ahead, while the shell still reads its line in raw mode, is just a byte:
+    # press it once the command runs, as a person would.
+    socket.send({"type": "input", "data": "echo started-$((2+2)); sleep 60\r"})
+    socket.until(shows("started-4"), 10, "the sleep to start")
     socket.send({"type": "input", "data": "\x03"})  # Ctrl-C: the TTY interrupts the sleep
     socket.send({"type": "input", "data": "echo after-$((1+1))\r"})
     socket.until(shows("after-2"), 15, "the shell back after Ctrl-C")
