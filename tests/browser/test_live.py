@@ -105,12 +105,17 @@ def test_terminal_chart_and_events_without_reload(page, control_plane, cluster, 
     page.goto(control_plane.base_url + "/")
     page.wait_for_selector("body[data-live-state=open]")
     page.evaluate("window.__berthNoReload = true")
+    find = (
+        "(n) => [...document.querySelectorAll('#cluster-events li')]"
+        ".filter(li => li.dataset.reason === 'Cordoned' && li.textContent.includes('Node/' + n))"
+        ".map(li => li.textContent).join('|')"
+    )
+    before = page.evaluate(find, cluster[1].name)  # an earlier cordon folds into the same row
     assert api.post(f"/api/v1/nodes/{cluster[1].name}/cordon").status_code == 200
     try:
         page.wait_for_function(
-            "(n) => [...document.querySelectorAll('#cluster-events li')]"
-            ".some(li => li.textContent.includes('Node/' + n))",
-            arg=cluster[1].name,
+            f"([n, before]) => {{ const now = ({find})(n); return now !== '' && now !== before; }}",
+            arg=[cluster[1].name, before],
             timeout=10_000,
         )
         assert page.evaluate("window.__berthNoReload") is True
