@@ -168,6 +168,7 @@ class AgentStreams:
         self._streams[frame.stream].stop = await self._runtime.open_logs(
             container_id, frame.since, frame.tail, frame.follow, handoff
         )
+        await self._send(logs_frame(frame.stream, []))  # opened: the control plane stops waiting
         while True:
             await ready.wait()
             ready.clear()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 from channels.db import database_sync_to_async
 
@@ -27,6 +28,7 @@ MAX_TAIL = 100_000
 DEFAULT_TAIL = 200
 SEND_BATCH = 500
 RETRY_SECONDS = 2.0
+UNANSWERED_SECONDS = 8.0  # an agent answers `logs.open` at once (an empty `logs` frame)
 _CURSOR = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 # Phases in which a replica has (or had) a container whose logs can be read.
 _WITH_LOGS = (Replica.Phase.RUNNING, Replica.Phase.FAILED, Replica.Phase.SUCCEEDED, Replica.Phase.TERMINATING)
@@ -96,6 +98,7 @@ class LogsConsumer(ViewerConsumer):
         self.stream_replica: dict[str, str] = {}
         self.finished: dict[str, tuple] = {}  # replica -> the source whose stream ended for good
         self.cursor = LogCursor()
+        self.unanswered: dict[str, float] = {}  # stream -> when it was opened, until the agent answers
         self.tail = DEFAULT_TAIL
         self.since = None
         await super().connect()
@@ -128,6 +131,7 @@ class LogsConsumer(ViewerConsumer):
         self.subscribed = True
         if self.sender is None:
             self.sender = asyncio.create_task(self._send_forever())
+        self.ensure_ticking()  # replicas that are not running yet are looked at again
         await self.send_json({"type": "subscribed", "replicas": sorted(sources)})
         await self._sync_streams(sources)
 
@@ -160,6 +164,7 @@ class LogsConsumer(ViewerConsumer):
                 "follow": True,
             }
             stream = await self.open_stream(node_id, frame)
+            self.unanswered[stream] = time.monotonic()
             self.by_replica[replica] = stream
             self.stream_replica[stream] = (replica, source)
 
@@ -167,6 +172,7 @@ class LogsConsumer(ViewerConsumer):
         replica, source = self.stream_replica.get(stream, (None, None))
         if replica is None:
             return
+        self.unanswered.pop(stream, None)
         if dropped:
             self.buffer.add_dropped(dropped)
         kind = frame.get("type")
@@ -189,6 +195,16 @@ class LogsConsumer(ViewerConsumer):
         await self._sync_streams()
 
     async def on_tick(self):
+        # An open that got no answer went nowhere (the node's agent was not connected, or
+        # reconnected meanwhile): give it up, and open it again if the replica still runs.
+        now = time.monotonic()
+        for stream, opened in list(self.unanswered.items()):
+            if now - opened >= UNANSWERED_SECONDS:
+                del self.unanswered[stream]
+                replica, _ = self.stream_replica.pop(stream, (None, None))
+                if replica is not None and self.by_replica.get(replica) == stream:
+                    del self.by_replica[replica]
+                await self.close_stream(stream)
         await self._sync_streams()
 
     async def _send_forever(self):
@@ -199,6 +215,7 @@ class LogsConsumer(ViewerConsumer):
                 await self.send_json({"type": "lines", "lines": self.buffer.drain(SEND_BATCH)})
 
     async def on_disconnect(self):
+        self.subscribed = False
         if self.sender is not None:
             self.sender.cancel()
         if self.group is not None:

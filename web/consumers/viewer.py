@@ -95,9 +95,13 @@ class ViewerConsumer(AsyncJsonWebsocketConsumer):
         stream = uuid.uuid4().hex
         self.streams[stream] = node_id
         await self.forward(node_id, {**frame, "stream": stream, "lease": LEASE_SECONDS})
+        self.ensure_ticking()
+        return stream
+
+    def ensure_ticking(self) -> None:
+        """Renew leases (and call on_tick) every RENEW_SECONDS from now on."""
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever())
-        return stream
 
     async def close_stream(self, stream: str) -> None:
         node_id = self.streams.pop(stream, None)
