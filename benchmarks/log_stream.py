@@ -25,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -55,7 +56,10 @@ def script(lines: int) -> list[str]:
         "trap 'exit 0' TERM; "
         + wait.format("go0")
         + f"; i=0; while [ $i -lt {LATENCY_LINES} ]; do i=$((i+1)); echo lat-$i; sleep 0.01; done; "
-        + "; ".join(f"{wait.format(f'go{n}')}; seq -f burst{n}-%g 1 {lines}" for n in (1, 2, 3))
+        + "; ".join(
+            f"{wait.format(f'go{n}')}; awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) print \"burst{n}-\" i }}'"
+            for n in (1, 2, 3)
+        )
         + "; sleep 3600 & wait",
     ]
 
@@ -178,12 +182,15 @@ def main() -> None:
         touch("go3")()
         seen = 0
         assert follower.stdout is not None
+        timer = threading.Timer(120, follower.kill)  # a bounded wait, like the viewers'
+        timer.start()
         for line in follower.stdout:
             if line.startswith(b"burst3-"):
                 seen += 1
                 if seen == args.lines:
                     break
         docker_elapsed = time.time() - started
+        timer.cancel()
         follower.kill()
 
         ms = lambda s: round(s * 1000, 1)  # noqa: E731
