@@ -53,6 +53,44 @@ def split_entries(stream_type: int, payload: bytes) -> Iterator[LogLine]:
         )
 
 
+class FrameDecoder:
+    """Multiplexed frames fed in arbitrary pieces (what one socket read returns) to log lines.
+
+    Reading whole pieces rather than a header and then a payload per line is what lets one
+    stream carry tens of thousands of lines a second."""
+
+    def __init__(self, tty: bool = False) -> None:
+        self._tty = tty
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[LogLine]:
+        if self._tty:  # one raw stream: whole lines only, the rest waits for the next piece
+            self._buffer += data
+            end = self._buffer.rfind(b"\n")
+            if end < 0:
+                return []
+            payload = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            return list(split_entries(1, payload))
+        self._buffer += data
+        lines: list[LogLine] = []
+        view, offset, size = self._buffer, 0, len(self._buffer)
+        while size - offset >= HEADER.size:
+            stream_type, length = HEADER.unpack_from(view, offset)
+            if size - offset - HEADER.size < length:
+                break
+            start = offset + HEADER.size
+            lines.extend(split_entries(stream_type, bytes(view[start : start + length])))
+            offset = start + length
+        del self._buffer[:offset]
+        return lines
+
+    def flush(self) -> list[LogLine]:
+        """What is left when the stream ends (a TTY's last line without a newline)."""
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return list(split_entries(1, rest)) if self._tty and rest else []
+
+
 def read_frames(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:
     """(stream type, payload) of each multiplexed frame, until the stream ends."""
     while True:
@@ -116,6 +154,23 @@ class LineHandoff:
         self.closed = False
         self.finished = False  # the producer is done (the stream ended)
         self.error: str | None = None
+
+    def put_many(self, lines: list[LogLine]) -> bool:
+        """Put lines in order (waiting for room as needed); False once closed."""
+        index = 0
+        while index < len(lines):
+            with self._cond:
+                while len(self._lines) >= self._capacity and not self.closed:
+                    self._cond.wait()
+                if self.closed:
+                    return False
+                was_empty = not self._lines
+                room = self._capacity - len(self._lines)
+                self._lines.extend(lines[index : index + room])
+                index += room
+            if was_empty:
+                self._wake()
+        return True
 
     def put(self, line: LogLine) -> bool:
         with self._cond:

@@ -19,7 +19,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from agent.logbatch import LineHandoff, engine_since, read_frames, split_entries
+from agent.logbatch import FrameDecoder, LineHandoff, engine_since
 from agent.runtime import RuntimeFailure
 from agent.samples import (
     ContainerSample,
@@ -105,14 +105,13 @@ class DockerStreamsMixin:
             sock.settimeout(None)
             if stop.is_set():
                 return
-            if tty:  # one raw stream, no frames: everything is stdout
-                frames = ((1, chunk) for chunk in iter(lambda: response.raw.read(65536), b""))
-            else:
-                frames = read_frames(response.raw.read)
-            for stream_type, payload in frames:
-                for line in split_entries(stream_type, payload):
-                    if not handoff.put(line):
-                        return
+            decoder = FrameDecoder(tty)  # a TTY container: one raw stream, everything is stdout
+            read = response.raw.read1  # what has arrived, without waiting for a full buffer
+            while chunk := read(65536):
+                if (lines := decoder.feed(chunk)) and not handoff.put_many(lines):
+                    return
+            if (rest := decoder.flush()) and not handoff.put_many(rest):
+                return
             handoff.finish()
         except docker.errors.NotFound:
             handoff.finish("the container no longer exists")

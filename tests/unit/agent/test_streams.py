@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from agent.logbatch import LineHandoff, LogLine, engine_since, read_frames, split_entries
+from agent.logbatch import FrameDecoder, LineHandoff, LogLine, engine_since, read_frames, split_entries
 from agent.runtime import Runtime, RuntimeFailure
 from agent.samples import (
     ContainerSample,
@@ -258,3 +258,32 @@ def _append(sent):
         sent.append(frame)
 
     return send
+
+
+def test_frames_fed_in_arbitrary_pieces_decode_to_the_same_lines():
+    raw = b"".join(frame(1 + n % 2, f"2026-11-22T11:00:00.{n:09d}Z line {n}\n".encode()) for n in range(50))
+    expected = [
+        LogLine(f"2026-11-22T11:00:00.{n:09d}Z", "stderr" if n % 2 else "stdout", f"line {n}")
+        for n in range(50)
+    ]
+    for size in (1, 7, 100, len(raw)):
+        decoder = FrameDecoder()
+        lines = [line for i in range(0, len(raw), size) for line in decoder.feed(raw[i : i + size])]
+        assert lines == expected, size
+    tty = FrameDecoder(tty=True)
+    assert tty.feed(b"2026-11-22T11:00:00.1Z a\n2026-11-22T11:00:00.2Z b") == [
+        LogLine("2026-11-22T11:00:00.100000000Z", "stdout", "a")
+    ]
+    assert tty.flush() == [LogLine("2026-11-22T11:00:00.200000000Z", "stdout", "b")]
+
+
+def test_put_many_waits_for_room_and_keeps_order():
+    handoff = LineHandoff(lambda: None, capacity=4)
+    lines = [LogLine("t", "stdout", str(n)) for n in range(10)]
+    producer = threading.Thread(target=handoff.put_many, args=(lines,))
+    producer.start()
+    taken = []
+    while len(taken) < 10:
+        taken += handoff.take(3)
+    producer.join(2)
+    assert [line.text for line in taken] == [str(n) for n in range(10)]
