@@ -418,3 +418,39 @@ def test_rest_logs_come_from_the_agent_merged_in_time_order(world):
     assert response["status"] == 200, response
     records = [json.loads(line) for line in response["body"].decode().splitlines()]
     assert [r["replica"] for r in records] == [opens[1]["replica"], opens[0]["replica"]]  # by time
+
+
+def test_logs_of_a_namespace_the_user_may_not_see_are_refused(world, monkeypatch):
+    # The seam (web/permissions.py) decides; per-namespace roles will refine it there.
+    monkeypatch.setattr(
+        "web.consumers.logs.can_view_namespace", lambda user, namespace: namespace.name != "default"
+    )
+
+    async def scenario():
+        agent = await agent_session(world["credential"])
+        ws = await viewer("/ws/namespaces/default/deployments/web/logs/")
+        await ws.send_json_to({"type": "subscribe", "token": world["viewer"]})
+        answer = await ws.receive_json_from(timeout=5)
+        await receive_type(agent, "desired")  # what every agent gets on connecting
+        nothing = await agent.receive_nothing(timeout=0.5)
+        await ws.disconnect()
+        await agent.disconnect()
+        return answer, nothing
+
+    answer, nothing = run(scenario)
+    assert answer["type"] == "error" and answer["field"] == "deployment"  # as if it did not exist
+    assert nothing  # no stream was asked of the agent
+
+
+def test_the_replica_page_offers_a_terminal_only_to_those_who_may_exec(world, client):
+    users = get_user_model().objects
+    client.force_login(users.get(username="viewer"))
+    page = client.get("/namespaces/default/replicas/web-a1/")
+    assert (
+        page.status_code == 200
+        and b"data-logs-ws" in page.content
+        and b"data-terminal-ws" not in page.content
+    )
+    client.force_login(users.get(username="operator"))
+    assert b"data-terminal-ws" in client.get("/namespaces/default/replicas/web-a1/").content
+    assert client.get("/namespaces/default/replicas/nope/").status_code == 404
