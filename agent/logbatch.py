@@ -53,6 +53,52 @@ def split_entries(stream_type: int, payload: bytes) -> Iterator[LogLine]:
         )
 
 
+class ChunkedDecoder:
+    """HTTP/1.1 chunked transfer encoding, fed raw socket bytes; returns the body bytes.
+
+    The engine sends every log entry as its own HTTP chunk, so reading through http.client
+    costs a call per line; decoding whole socket reads here costs a call per read."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._left = 0  # bytes of the current chunk's data still to come
+        self._state = "size"
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._buffer
+        buffer += data
+        out = bytearray()
+        position, size = 0, len(buffer)
+        while not self.done:
+            if self._state == "size":
+                end = buffer.find(b"\r\n", position)
+                if end < 0:
+                    break
+                length = int(bytes(buffer[position:end]).split(b";", 1)[0].strip() or b"0", 16)
+                position = end + 2
+                if length == 0:
+                    self.done = True
+                    break
+                self._left, self._state = length, "data"
+            elif self._state == "data":
+                if position >= size:
+                    break
+                take = min(self._left, size - position)
+                out += buffer[position : position + take]
+                position += take
+                self._left -= take
+                if not self._left:
+                    self._state = "crlf"
+            else:
+                if size - position < 2:
+                    break
+                position += 2
+                self._state = "size"
+        del buffer[:position]
+        return bytes(out)
+
+
 class FrameDecoder:
     """Multiplexed frames fed in arbitrary pieces (what one socket read returns) to log lines.
 

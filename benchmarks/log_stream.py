@@ -200,10 +200,14 @@ def main() -> None:
             "latency_p99_ms": ms(percentile(lat.latencies, 0.99)),
             "latency_lines": len(lat.latencies),
             "lines_per_s_one_viewer": round(one.count / max(one.last - one.first, 1e-6)),
-            "lost_lines": args.lines - one.count,
+            # lost: neither received nor reported as dropped; dropped: shown to the viewer as
+            # "[… N lines dropped]" because it did not keep up (by design, nobody else waits).
+            "lost_lines": args.lines - one.count - one.dropped,
             "dropped_marked_one_viewer": one.dropped,
             "lines_per_s_50_viewers": round(sum(v.count for v in many) / max(many_elapsed, 1e-6)),
-            "lost_lines_50_viewers": sum(args.lines - v.count for v in many),
+            "lost_lines_50_viewers": sum(args.lines - v.count - v.dropped for v in many),
+            "dropped_marked_50_viewers": sum(v.dropped for v in many),
+            "complete_viewers": sum(v.count == args.lines for v in many),
             "viewers": args.viewers,
             "docker_logs_lines_per_s": round(seen / max(docker_elapsed, 1e-6)),
             "burst_lines": args.lines,

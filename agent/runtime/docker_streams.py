@@ -12,14 +12,14 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 
-from agent.logbatch import FrameDecoder, LineHandoff, engine_since
+from agent.logbatch import ChunkedDecoder, FrameDecoder, LineHandoff, engine_since
 from agent.runtime import RuntimeFailure
 from agent.samples import (
     ContainerSample,
@@ -48,6 +48,19 @@ def _shutdown(sock: socket.socket | None) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _body_pieces(response: Any) -> Iterator[bytes]:
+    """The response body in the pieces the socket delivers (never waiting for a full buffer)."""
+    fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    if getattr(response.raw._fp, "chunked", False) and fp is not None:  # the engine's usual answer
+        chunked = ChunkedDecoder()
+        while not chunked.done and (data := fp.read1(65536)):
+            if body := chunked.feed(data):
+                yield body
+        return
+    while data := response.raw.read1(65536):
+        yield data
 
 
 class DockerStreamsMixin:
@@ -106,8 +119,7 @@ class DockerStreamsMixin:
             if stop.is_set():
                 return
             decoder = FrameDecoder(tty)  # a TTY container: one raw stream, everything is stdout
-            read = response.raw.read1  # what has arrived, without waiting for a full buffer
-            while chunk := read(65536):
+            for chunk in _body_pieces(response):
                 if (lines := decoder.feed(chunk)) and not handoff.put_many(lines):
                     return
             if (rest := decoder.flush()) and not handoff.put_many(rest):

@@ -8,7 +8,15 @@ import threading
 
 import pytest
 
-from agent.logbatch import FrameDecoder, LineHandoff, LogLine, engine_since, read_frames, split_entries
+from agent.logbatch import (
+    ChunkedDecoder,
+    FrameDecoder,
+    LineHandoff,
+    LogLine,
+    engine_since,
+    read_frames,
+    split_entries,
+)
 from agent.runtime import Runtime, RuntimeFailure
 from agent.samples import (
     ContainerSample,
@@ -287,3 +295,12 @@ def test_put_many_waits_for_room_and_keeps_order():
         taken += handoff.take(3)
     producer.join(2)
     assert [line.text for line in taken] == [str(n) for n in range(10)]
+
+
+def test_chunked_bodies_decode_whatever_the_read_sizes():
+    body = [b"hello ", b"", b"x" * 300, b"\r\nend"]
+    raw = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in body if p) + b"0\r\n\r\n"
+    for size in (1, 3, 64, len(raw)):
+        decoder = ChunkedDecoder()
+        out = b"".join(decoder.feed(raw[i : i + size]) for i in range(0, len(raw), size))
+        assert out == b"".join(body) and decoder.done, size
