@@ -15,7 +15,7 @@ import codecs
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.logbatch import BATCH_LINES, LineHandoff
@@ -51,7 +51,6 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     exec: ExecHandle | None = None
     stop: Callable[[], None] | None = None
-    pending: list[Any] = field(default_factory=list)
 
 
 class AgentStreams:
