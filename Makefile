@@ -14,10 +14,36 @@ REQUIREMENTS := requirements.txt $(wildcard agent/requirements.txt)
 # What the harness, `make run` and the browser tests need from Debian.
 DEB_PACKAGES := python3 python3-venv ca-certificates postgresql redis-server docker.io containerd runc \
 	iptables iproute2 util-linux busybox-static chromium
+# npm fetches the dashboard's front-end libraries (package-lock.json); Debian's if there is none.
+ifeq ($(shell command -v npm),)
+DEB_PACKAGES += nodejs npm
+endif
 
-.PHONY: deps system-deps test run lint clean-test-leftovers
+# Front-end libraries: pinned in package-lock.json, copied from node_modules into a
+# gitignored static directory. No CDN, no build step.
+VENDOR := web/static/vendor
+VENDOR_FILES := $(VENDOR)/xterm/xterm.js $(VENDOR)/xterm/xterm.css $(VENDOR)/xterm/addon-fit.js \
+	$(VENDOR)/uplot/uPlot.iife.min.js $(VENDOR)/uplot/uPlot.min.css
 
-deps: system-deps $(STAMP)
+.PHONY: deps system-deps vendor test run lint clean-test-leftovers
+
+deps: system-deps $(STAMP) vendor
+
+vendor: $(VENDOR)/.stamp
+
+# `npm ci` whenever node_modules is missing or package-lock.json is newer.
+node_modules/.package-lock.json: package-lock.json | system-deps
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+$(VENDOR)/.stamp: node_modules/.package-lock.json
+	mkdir -p $(VENDOR)/xterm $(VENDOR)/uplot
+	cp node_modules/@xterm/xterm/lib/xterm.js node_modules/@xterm/xterm/css/xterm.css $(VENDOR)/xterm/
+	cp node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/xterm/
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/uplot/
+	cp node_modules/@xterm/xterm/LICENSE $(VENDOR)/xterm/LICENSE
+	cp node_modules/uplot/LICENSE $(VENDOR)/uplot/LICENSE
+	touch $@
 
 system-deps:
 	@if ! command -v dpkg-query >/dev/null; then \

@@ -26,6 +26,7 @@ from agent.replicas import (
 )
 from agent.runtime import MAX_IMAGES, EngineInfo
 from agent.status import ReplicaStatus
+from agent.stream_protocol import STREAM_FRAME_TYPES, StreamFrame, parse_stream_frame
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 
@@ -116,7 +117,7 @@ def format_time(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_frame(text: str | bytes) -> Welcome | DesiredSet | UnknownFrame:
+def parse_frame(text: str | bytes) -> Welcome | DesiredSet | StreamFrame | UnknownFrame:
     """Parse one server frame. Raises ProtocolError when it is malformed.
 
     A malformed `desired` frame is rejected as a whole rather than partly applied:
@@ -133,6 +134,8 @@ def parse_frame(text: str | bytes) -> Welcome | DesiredSet | UnknownFrame:
         return _parse_welcome(data)
     if kind == "desired":
         return _parse_desired(data)
+    if kind in STREAM_FRAME_TYPES:  # logs, exec and leases: agent/stream_protocol.py
+        return parse_stream_frame(kind, data)
     return UnknownFrame(kind)
 
 

@@ -15,7 +15,7 @@ import enum
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -31,6 +31,7 @@ from agent.enroll import (
     EnrollmentRefused,
     obtain_credential,
 )
+from agent.metrics import MetricsSampler
 from agent.protocol import (
     DesiredSet,
     ProtocolError,
@@ -44,6 +45,8 @@ from agent.reconciler import Reconciler
 from agent.reconnect import ReconnectDelay
 from agent.reporter import StatusReporter
 from agent.runtime import EngineInfo, Runtime, RuntimeFailure
+from agent.stream_protocol import STREAM_FRAME_CLASSES, StreamFrameError, stream_error_frame
+from agent.streams import AgentStreams
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class Session:
         self._runtime = runtime
         self._engine = engine
         self._delay = delay or ReconnectDelay(base=0.5, cap=30.0)
+        self._metrics = MetricsSampler(runtime, reconciler.statuses)
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only when cancelled."""
@@ -148,6 +152,7 @@ class Session:
         except RuntimeFailure as exc:
             log.warning("cannot refresh engine info, sending the last known: %s", exc)
         helpers: list[asyncio.Task[None]] = []
+        streams = AgentStreams(self._runtime, self._container_of, self._sender(ws))
         welcomed_at: float | None = None
         reason = "connection closed"
         try:
@@ -155,6 +160,10 @@ class Session:
             async for message in ws:
                 try:
                     frame = parse_frame(message)
+                except StreamFrameError as exc:
+                    log.warning("refusing a stream frame from the control plane: %s", exc)
+                    await ws.send(json.dumps(stream_error_frame(exc.stream, str(exc))))
+                    continue
                 except ProtocolError as exc:
                     log.warning("ignoring a frame from the control plane: %s", exc)
                     continue
@@ -182,15 +191,19 @@ class Session:
                                 "status",
                             )
                         )
+                        helpers.append(self._guard(ws, self._metrics.run(self._sender(ws)), "metrics"))
                     self._reporter.mark_dirty()  # the control plane wants the full picture now
                 elif isinstance(frame, DesiredSet):
                     self._on_desired(frame)
+                elif isinstance(frame, STREAM_FRAME_CLASSES):  # logs, exec, leases (agent/streams.py)
+                    await streams.handle(frame)
                 else:
                     log.debug("ignoring a %r frame", frame.type)
             reason = f"closed by the control plane (code {ws.close_code}, {ws.close_reason or 'no reason'})"
         except ConnectionClosed as exc:
             reason = str(exc)
         finally:
+            await streams.close()
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -207,6 +220,19 @@ class Session:
             log.info(
                 "ignoring desired generation %d: generation %d is already applied", frame.generation, previous
             )
+
+    def _sender(self, ws: ClientConnection) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def send(frame: dict[str, Any]) -> None:
+            await ws.send(json.dumps(frame))
+
+        return send
+
+    def _container_of(self, namespace: str, replica: str) -> str | None:
+        """The container running `replica` on this node now, for log streams and exec sessions."""
+        for status in self._reconciler.statuses():
+            if status.namespace == namespace and status.name == replica:
+                return status.container_id
+        return None
 
     def _snapshot(self) -> dict[str, Any]:
         return status_frame(self._reconciler.generation, self._reconciler.statuses())

@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from web import views
+from web.replica_views import replica_detail
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -22,6 +23,7 @@ urlpatterns = [
         views.deployment_detail,
         name="deployment-detail",
     ),
+    path("namespaces/<str:namespace>/replicas/<str:replica>/", replica_detail, name="replica-detail"),
     path(
         "namespaces/<str:namespace>/deployments/<str:name>/scale/",
         views.deployment_scale,

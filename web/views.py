@@ -16,6 +16,7 @@ from orchestrator.quantities import format_cpu, format_memory
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
 from web.api.nodes import NodeSerializer
 from web.api.rollouts import revision_rows, strategy_text
+from web.consumers.browser import CLUSTER_EVENTS
 from web.forms import FormInputError, deployment_payload
 from web.node_forms import labels_text, parse_labels, parse_taints, taints_text
 
@@ -32,6 +33,7 @@ def overview(request):
             "deployments": deployments,
             "ready_nodes": sum(1 for n in nodes if n.is_ready),
             "running_replicas": Replica.objects.filter(phase=Replica.Phase.RUNNING).count(),
+            "events": Event.objects.all()[:CLUSTER_EVENTS],
         },
     )
 

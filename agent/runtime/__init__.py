@@ -12,9 +12,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from agent.logbatch import LineHandoff
 from agent.probes import Exec, Handler, HttpGet, ProbeResult
 from agent.replicas import DEFAULT_TERMINATION_GRACE, DesiredReplica, ObservedContainer
 from agent.runtime import checks
+from agent.samples import ContainerSample, ExecHandle, NodeSample
 
 # The event action a runtime emits when its event stream (re)connected: events may have
 # been missed, so the caller must list the containers again.
@@ -137,3 +139,32 @@ class Runtime(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release threads and connections."""
+
+    # -- streams (agent/streams.py, agent/metrics.py); a runtime without them says so ------
+
+    async def open_logs(
+        self, container_id: str, since: str | None, tail: int | None, follow: bool, handoff: LineHandoff
+    ) -> Callable[[], None]:
+        """Start putting the container's log lines into `handoff` (finish() at the end); return
+        a function that stops the stream. `since`: RFC 3339 UTC, lines at that instant included."""
+        raise RuntimeFailure("this engine cannot stream logs")
+
+    async def open_exec(
+        self,
+        container_id: str,
+        command: tuple[str, ...],
+        cols: int,
+        rows: int,
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[int | None], None],
+    ) -> ExecHandle:
+        """Run `command` in the container with a TTY; output and exit reach the callbacks on the loop."""
+        raise RuntimeFailure("this engine cannot run commands in containers")
+
+    async def container_samples(self, container_ids: list[str]) -> dict[str, ContainerSample]:
+        """Counters of each running container (those that vanished are left out)."""
+        return {}
+
+    async def node_sample(self) -> NodeSample | None:
+        """Counters of the whole server, or None when there is no real server (hollow nodes)."""
+        return None

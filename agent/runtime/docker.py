@@ -45,6 +45,7 @@ from agent.runtime import (
     Runtime,
     RuntimeFailure,
 )
+from agent.runtime.docker_streams import DockerStreamsMixin
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def watched(action: str) -> bool:
     return action in _WATCHED_ACTIONS or action.split(":", 1)[0] == _HEALTH_ACTION
 
 
-class DockerRuntime(Runtime):
+class DockerRuntime(DockerStreamsMixin, Runtime):
     """Runtime backed by a Docker engine at `base_url` (e.g. unix:///var/run/docker.sock)."""
 
     def __init__(self, base_url: str, node: str, *, workers: int = 48, timeout: float = 60.0) -> None:

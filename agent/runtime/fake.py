@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 
+from agent.logbatch import LineHandoff
 from agent.probes import Handler, ProbeResult
 from agent.replicas import (
     DEFAULT_TERMINATION_GRACE,
@@ -274,6 +275,15 @@ class FakeRuntime(Runtime):
                 yield event
         finally:
             self._subscribers.remove(queue)
+
+    async def open_logs(
+        self, container_id: str, since: str | None, tail: int | None, follow: bool, handoff: LineHandoff
+    ) -> Callable[[], None]:
+        """A fake container writes no logs: the stream ends at once (or, followed, when stopped)."""
+        self._get(container_id)
+        if not follow:
+            handoff.finish()
+        return handoff.close
 
     async def close(self) -> None:
         self._closed = True

@@ -10,6 +10,7 @@ import pytest
 HERE = Path(__file__).parent
 CHROMIUM = os.environ.get("BERTH_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+VENDOR = Path(__file__).resolve().parents[2] / "web" / "static" / "vendor"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,6 +23,8 @@ def pytest_collection_modifyitems(config, items):
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium not found at {CHROMIUM}: run 'make deps' (Debian package chromium)")
+    if not VENDOR.joinpath("xterm", "xterm.js").exists():
+        pytest.fail(f"front-end libraries missing in {VENDOR}: run 'make deps' (npm ci, then copied there)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

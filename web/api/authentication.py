@@ -45,3 +45,14 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer"}
+
+
+def user_for_api_token(token: str):
+    """The active user an API token belongs to, or None: for WebSocket clients, which send
+    the token in their first message (never in the URL)."""
+    if not isinstance(token, str) or not token.startswith(API_PREFIX):
+        return None
+    api_token = ApiToken.objects.select_related("user").filter(token_hash=hash_token(token)).first()
+    if api_token is None or not api_token.is_usable(timezone.now()) or not api_token.user.is_active:
+        return None
+    return api_token.user

@@ -18,6 +18,7 @@ from nodes import heartbeats
 from nodes.services import authenticate_node
 from nodes.sessions import GROUP_REFRESH_SECONDS, session_closed, session_hello
 from orchestrator.dispatch import desired_set
+from web.consumers.agent_streams import STREAM_REPLIES, AgentStreamsMixin
 from web.consumers.reports import report_buffer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _bearer(scope) -> str:
     return ""
 
 
-class AgentConsumer(AsyncJsonWebsocketConsumer):
+class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     node_id: int | None = None
 
     async def dispatch(self, message):
@@ -78,6 +79,10 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         if self.node_id is None:
             return
         try:
+            await self.end_streams("the node's agent disconnected")
+        except Exception as exc:  # Redis down: viewers notice their stream went quiet
+            log.warning("agent of node %s: ending its streams failed: %s", self.node_name, exc)
+        try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             if self.greeted and code == SERVER_RESTART:
                 # This web process is shutting down, not the agent going away: it reconnects
@@ -99,6 +104,8 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             await self._report(content)
         elif kind == "hello":
             await self._hello(content)
+        elif kind in STREAM_REPLIES or kind == "metrics":
+            await self.receive_stream_frame(content)  # logs, exec, metrics: agent_streams.py
         else:
             log.warning("node %s sent an unknown frame type %r; ignored", self.node_name, kind)
 

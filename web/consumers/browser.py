@@ -7,13 +7,14 @@ fold into one more snapshot, so a burst of changes never queues up work per view
 
 import asyncio
 import logging
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from nodes.models import Node
 from orchestrator.broadcast import CLUSTER_GROUP, deployment_group
-from orchestrator.models import Deployment
+from orchestrator.models import Deployment, Event
 from web.api.deployments import DeploymentSerializer, ReplicaSerializer
 from web.api.events import EventSerializer
 from web.api.nodes import NodeSerializer
@@ -21,6 +22,7 @@ from web.api.rollouts import revision_rows
 from web.permissions import can_view_cluster, can_view_namespace
 
 log = logging.getLogger(__name__)
+CLUSTER_EVENTS = 20  # the overview's feed
 
 
 class SnapshotConsumer(AsyncJsonWebsocketConsumer):
@@ -108,12 +110,40 @@ class DeploymentConsumer(SnapshotConsumer):
 
 
 class ClusterConsumer(SnapshotConsumer):
-    """/ws/cluster/: nodes and deployments, for the overview and list pages."""
+    """/ws/cluster/: nodes, deployments and the latest events, for the overview and list pages;
+    /ws/cluster/?node=NAME adds that node's events and replicas (the node page)."""
 
     def authorise(self, user):
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.node_name = (query.get("node") or [""])[0]
         return CLUSTER_GROUP if can_view_cluster(user) else None
 
     def snapshot(self):
+        data = self._cluster()
+        data["events"] = EventSerializer(
+            Event.objects.select_related("namespace")[:CLUSTER_EVENTS], many=True
+        ).data
+        node = Node.objects.filter(name=self.node_name).first() if self.node_name else None
+        if node is not None:
+            data["node_events"] = EventSerializer(
+                Event.objects.filter(kind="Node", object_uid=node.uid)[:20], many=True
+            ).data
+            replicas = node.replicas.select_related("namespace", "deployment").order_by(
+                "namespace__name", "name"
+            )
+            data["node_replicas"] = [
+                {
+                    "namespace": r.namespace.name,
+                    "deployment": r.deployment.name,
+                    "name": r.name,
+                    "phase": r.phase,
+                    "message": r.message,
+                }
+                for r in replicas
+            ]
+        return data
+
+    def _cluster(self):
         deployments = Deployment.live.select_related("namespace")
         return {
             "type": "cluster",

@@ -56,7 +56,27 @@
     setText("[data-count=nodes-ready]", msg.nodes.filter((n) => n.status === "Ready").length);
     setText("[data-count=deployments]", msg.deployments.length);
     setText("[data-count=replicas-ready]", msg.deployments.reduce((a, d) => a + d.ready_replicas, 0));
+    if (msg.events) renderEvents("cluster-events", msg.events, true);
+    if (msg.node_events) renderEvents("node-events", msg.node_events, false);
+    if (msg.node_replicas) fillTable("node-replicas", msg.node_replicas.map((r) => el("tr", { "data-replica": r.name }, [
+      el("td", {}, [el("a", { href: replicaHref(r.namespace, r.name), text: r.name })]),
+      el("td", {}, [el("a", { href: "/namespaces/" + encodeURIComponent(r.namespace) + "/deployments/" + encodeURIComponent(r.deployment) + "/", text: r.namespace + "/" + r.deployment })]),
+      badge(r.phase), td(r.message, { class: "muted" }),
+    ])), "No replicas on this node.", 4);
   }
+
+  // An events feed (newest first): type, reason, object, message, count, time.
+  function renderEvents(id, events, withObject) {
+    const list = document.getElementById(id);
+    if (!list) return;
+    list.replaceChildren(...(events.length ? events.map((e) => el("li", { class: e.type, "data-reason": e.reason }, [
+      el("time", { text: new Date(e.last_seen).toLocaleTimeString(), datetime: e.last_seen }), document.createTextNode(" "),
+      el("b", { text: e.reason }),
+      document.createTextNode(" " + (withObject ? e.kind + "/" + e.name + ": " : "") + e.message + (e.count > 1 ? " (×" + e.count + ")" : "")),
+      ...(e.actor ? [document.createTextNode(" "), el("span", { class: "muted", text: "by " + e.actor })] : []),
+    ])) : [el("li", { class: "muted", text: "No events." })]));
+  }
+  const replicaHref = (ns, name) => "/namespaces/" + encodeURIComponent(ns) + "/replicas/" + encodeURIComponent(name) + "/";
 
   // The node page (body[data-node]) listens to the cluster snapshot and redraws the node's
   // state; the forms are left alone so that nothing being typed is lost.
@@ -120,7 +140,7 @@
       pauseButton.form.querySelector("input[name=paused]").value = d.paused ? "false" : "true";
     }
     fillTable("replicas-table", msg.replicas.map((r) => el("tr", { "data-replica": r.name }, [
-      td(r.name), td(r.node || "—"), badge(r.phase), td(r.ready ? "yes" : "no", { "data-ready": "" }),
+      el("td", {}, [el("a", { href: replicaHref(d.namespace, r.name), text: r.name })]), td(r.node || "—"), badge(r.phase), td(r.ready ? "yes" : "no", { "data-ready": "" }),
       td(current && r.revision === current.hash ? String(current.revision) : (numberOf[r.revision] ? "old (" + numberOf[r.revision] + ")" : "old"), { class: current && r.revision === current.hash ? "" : "muted" }),
       td(r.restart_count + (r.last_exit_code !== null && r.last_exit_code !== undefined ? " (last exit " + r.last_exit_code + ")" : "")),
       el("td", {}, [el("code", { text: (r.container_id || "").slice(0, 12) })]), td(r.message, { class: "muted" }),
@@ -141,11 +161,25 @@
         ])]),
       ])), "No revisions.", 6);
     }
+    if (body.dataset.replica) renderReplica(msg.replicas.find((r) => r.name === body.dataset.replica));
     const events = document.getElementById("events");
     if (events) events.replaceChildren(...msg.events.map((e) => el("li", { class: e.type }, [
       el("time", { text: new Date(e.last_seen).toLocaleTimeString() }), document.createTextNode(" "),
       el("b", { text: e.reason }), document.createTextNode(" " + e.kind + "/" + e.name + ": " + e.message + (e.count > 1 ? " (×" + e.count + ")" : "")),
     ])));
+  }
+
+  // The replica page (body[data-replica]) listens to its deployment's snapshots.
+  function renderReplica(r) {
+    const phase = document.getElementById("replica-phase");
+    if (!phase) return;
+    if (!r) { phase.className = "badge"; phase.textContent = "Gone"; return; }
+    phase.className = "badge " + r.phase; phase.textContent = r.phase;
+    const node = document.getElementById("replica-node");
+    if (node) node.replaceChildren(r.node ? el("a", { href: nodeHref(r.node), text: r.node }) : document.createTextNode("—"));
+    setText("#replica-restarts", r.restart_count);
+    setText("#replica-container", (r.container_id || "").slice(0, 12));
+    setText("#replica-message", r.message);
   }
 
   let delay = 500;
