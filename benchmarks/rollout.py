@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -100,6 +101,23 @@ def rollout(api, hosts, replicas: int) -> float:
     return elapsed
 
 
+def engine_start(host, count: int) -> float:
+    """`count` containers started at once with raw `docker run -d` on one engine, until all
+    run: what a wave of a rollout costs the engine itself, with no Berth in the way."""
+    names = [f"raw-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    docker = ["docker", "-H", host.docker_url]
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen([*docker, "run", "-d", "--name", n, IMAGE, *WEB], stdout=subprocess.DEVNULL)
+        for n in names
+    ]
+    for proc in procs:
+        proc.wait()
+    elapsed = time.monotonic() - started
+    subprocess.run([*docker, "rm", "-f", *names], check=True, capture_output=True)
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -119,6 +137,9 @@ def main() -> None:
                 f"rollout of {args.replicas} in {rollouts[-1]:.2f} s"
             )
         single_s, rollout_s = statistics.median(singles), statistics.median(rollouts)
+        wave = args.replicas // 2  # 25 % surge + 25 % unavailable: about half the replicas per wave
+        one = statistics.median(engine_start(hosts[0], 1) for _ in range(3))
+        many = statistics.median(engine_start(hosts[0], wave) for _ in range(3))
         print(
             json.dumps(
                 {
@@ -130,6 +151,9 @@ def main() -> None:
                     "single_replica_ready_s": round(single_s, 2),
                     "ratio": round(rollout_s / single_s, 2),
                     "rollout_max_s": round(max(rollouts), 2),
+                    # The engine's own cost of a wave, in the same run (raw docker run, one host).
+                    "docker_run_1_s": round(one, 2),
+                    f"docker_run_{wave}_at_once_s": round(many, 2),
                 }
             )
         )

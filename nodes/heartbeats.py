@@ -11,6 +11,9 @@ from django.conf import settings
 
 KEY = "berth:heartbeats"
 EPOCH_KEY = "berth:heartbeats:since"
+# Set if missing at every flush: finding it missing means Redis lost its data (restarted
+# empty or flushed), and with it the channel layer's groups.
+PRESENCE_KEY = "berth:redis-present"
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,13 @@ def _client() -> redis.Redis:
 FLUSH_SECONDS = 0.25
 _pending: dict = {}  # event loop -> {node_id: timestamp}
 _flushers: dict = {}  # event loop -> the task flushing that loop's heartbeats
+_data_epoch = 0  # how many times this process found Redis without its data
+
+
+def data_epoch() -> int:
+    """Bumped whenever a flush finds that Redis lost its data: agent consumers that joined
+    their node's group before then join again (web/consumers/agent.py)."""
+    return _data_epoch
 
 
 async def record(node_id: int, timestamp: float) -> None:
@@ -61,8 +71,14 @@ async def flush(loop=None) -> None:
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    global _data_epoch
     try:
-        await client.hset(KEY, mapping=batch)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(KEY, mapping=batch)
+            pipe.set(PRESENCE_KEY, "1", nx=True)
+            _, fresh = await pipe.execute()
+        if fresh:
+            _data_epoch += 1  # the first flush of a process too: a rejoin is harmless
     except redis.RedisError as exc:
         # Redis is restarting: these beats are lost, the agents' next ones (a second or two
         # later) get through, and the node monitor gives every node a fresh grace after a

@@ -17,9 +17,11 @@ from orchestrator.models import Replica
 
 log = logging.getLogger(__name__)
 
-# An agent's consumer joins its node's channel group again this often: a Redis that was
-# restarted or flushed forgot the group, and desired sets published to it reach nobody.
-GROUP_REFRESH_SECONDS = 5.0
+# An agent's consumer joins its node's channel group again within this long of a heartbeat
+# flush finding Redis without its data (nodes.heartbeats.data_epoch), at its next heartbeat:
+# a Redis that was restarted or flushed forgot the group, and desired sets published to it
+# would reach nobody.
+GROUP_REFRESH_SECONDS = 1.0
 
 
 def _int(value, default=0) -> int:

@@ -16,7 +16,7 @@ from django.db import InterfaceError, OperationalError
 
 from nodes import heartbeats
 from nodes.services import authenticate_node
-from nodes.sessions import GROUP_REFRESH_SECONDS, session_closed, session_hello
+from nodes.sessions import session_closed, session_hello
 from orchestrator.dispatch import desired_set
 from web.consumers.agent_streams import STREAM_REPLIES, AgentStreamsMixin
 from web.consumers.reports import report_buffer
@@ -71,7 +71,7 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         self.sent_generation = 0
         self.greeted = False
         await self.channel_layer.group_add(self.group, self.channel_name)
-        self.joined_at = time.monotonic()
+        self.joined_epoch = heartbeats.data_epoch()
         await self.accept()
         log.info("agent of node %s connected", self.node_name)
 
@@ -141,12 +141,15 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     # --- surviving a Redis or PostgreSQL restart -----------------------------------------------
 
     async def _refresh_group(self):
-        """Join the node's group again every GROUP_REFRESH_SECONDS: a restarted or flushed Redis
-        forgot it, and the desired sets published to it would reach nobody. (A restarted Redis
-        also breaks this consumer's channel, which ends the connection: the agent reconnects.)"""
-        if time.monotonic() - self.joined_at < GROUP_REFRESH_SECONDS:
+        """Join the node's group again once Redis was found to have lost its data (the
+        heartbeat flush notices: nodes.heartbeats.data_epoch): a restarted or flushed Redis
+        forgot the group, and desired sets published to it would reach nobody. (A restarted
+        Redis also breaks this consumer's channel, which ends the connection: the agent
+        reconnects.) Checking is one comparison per heartbeat; joining costs Redis calls."""
+        epoch = heartbeats.data_epoch()
+        if epoch == self.joined_epoch:
             return
-        self.joined_at = time.monotonic()
+        self.joined_epoch = epoch
         await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def _retry_database(self, fn, *args):
