@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,18 @@ def log(message: str) -> None:
 class BenchControlPlane(ControlPlane):
     """The harness's control plane, on 127.0.0.1 only, with a configurable number of workers."""
 
-    def __init__(self, services, *, workers: int, concurrency: int, heartbeat: float, grace: float) -> None:
+    def __init__(
+        self,
+        services,
+        *,
+        workers: int,
+        concurrency: int,
+        heartbeat: float,
+        grace: float,
+        web_workers: int = 1,
+    ) -> None:
         super().__init__(services)
+        self.web_workers = web_workers
         self.workers = workers
         self.concurrency = concurrency
         self.env.update(BERTH_AGENT_HEARTBEAT_SECONDS=f"{heartbeat:g}", BERTH_NODE_GRACE_SECONDS=f"{grace:g}")
@@ -129,6 +140,8 @@ class BenchControlPlane(ControlPlane):
     def _spawn(self, name: str, argv: list[str]) -> None:
         if name == "web":
             argv = ["127.0.0.1" if arg == "0.0.0.0" else arg for arg in argv]
+            if self.web_workers > 1:
+                argv += ["--workers", str(self.web_workers)]
         if name == "worker":
             argv = [
                 str(self.concurrency) if prev == "--concurrency" else arg
@@ -373,6 +386,11 @@ WHERE d.name LIKE '{PREFIX}%' AND d.deleted_at IS NULL AND r.node_id IS NULL AND
 GROUP BY r.message ORDER BY count(*) DESC LIMIT 3
 """
 
+SCHEDULED_SPAN = f"""
+SELECT min(r.scheduled_at), max(r.scheduled_at)
+FROM orchestrator_replica r JOIN orchestrator_deployment d ON d.id = r.deployment_id
+WHERE d.name LIKE '{PREFIX}%' AND d.deleted_at IS NULL
+"""
 NODE_EVENTS = "SELECT reason, sum(count)::int FROM orchestrator_event WHERE kind = 'Node' GROUP BY reason"
 NOT_READY = "SELECT status_reason, count(*) FROM nodes_node WHERE status = 'NotReady' GROUP BY status_reason"
 
@@ -426,6 +444,8 @@ def main() -> None:
     parser.add_argument("--connect-rate", type=float, default=200.0, help="hollow nodes started per second")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per Celery worker")
+    parser.add_argument("--web-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--post-threads", type=int, default=1, help="clients POSTing deployments at once")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="agents' heartbeat interval (s)")
     parser.add_argument(
         "--grace", type=float, default=10.0, help="NotReady after this long without heartbeat"
@@ -452,6 +472,7 @@ def main() -> None:
         concurrency=args.concurrency,
         heartbeat=args.heartbeat,
         grace=args.grace,
+        web_workers=args.web_workers,
     )
     hollow: subprocess.Popen | None = None
     profiler: Profiler | None = None
@@ -503,10 +524,14 @@ def main() -> None:
         log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
         url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
         started = time.monotonic()
-        for body in bodies:
-            response = plane.api.post(url, json=body)
+
+        def post(body):
+            response = plane.client(plane.api_token).post(url, json=body)
             if response.status_code != 201:
                 raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
+
+        with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
+            list(pool.map(post, bodies))
         result["post_s"] = round(time.monotonic() - started, 2)
         log(f"posted in {result['post_s']} s; waiting for placements")
 
@@ -535,6 +560,11 @@ def main() -> None:
         window = time.monotonic() - started
 
         result["placements_per_s"] = round(args.replicas / placed_s, 1) if placed_s else None
+        # The scheduler's own pace: placements over the span of their commits (scheduled_at).
+        first, last = db.execute(SCHEDULED_SPAN).fetchone()
+        if first and last and last > first:
+            result["scheduled_span_s"] = round((last - first).total_seconds(), 2)
+            result["scheduler_commits_per_s"] = round(args.replicas / (last - first).total_seconds(), 1)
         result["all_placed_s"] = round(placed_s, 2) if placed_s else None
         result["all_running_s"] = round(running_s, 2) if running_s else None
         placed, running = db.execute(COUNTS).fetchone()
@@ -558,6 +588,8 @@ def main() -> None:
         result["setup"] = {
             "workers": args.workers,
             "concurrency": args.concurrency,
+            "web_workers": args.web_workers,
+            "post_threads": args.post_threads,
             "heartbeat_s": args.heartbeat,
             "grace_s": args.grace,
             "connect_rate": args.connect_rate,
