@@ -313,13 +313,42 @@ def deployment_sizes(replicas: int, seed: int) -> list[int]:
     return sizes
 
 
+# The mix's requests fit this many replicas on the hollow fleet's sizes; a bigger run
+# divides the requests (and multiplies max_per_node) so that it still fits.
+CALIBRATED_REPLICAS = 10_000
+
+
+def _scaled(spec: dict[str, Any], factor: float) -> dict[str, Any]:
+    if factor <= 1:
+        return spec
+    spec = dict(spec)
+    resources = spec.get("resources") or {}
+    cpu, memory = resources.get("cpu"), resources.get("memory")
+    spec["resources"] = {
+        "cpu": f"{max(1, int(_millicores(cpu) / factor))}m" if cpu else None,
+        "memory": f"{max(1, int(_mebibytes(memory) / factor))}Mi" if memory else None,
+    }
+    if spec.get("max_per_node"):
+        spec["max_per_node"] = int(spec["max_per_node"] * factor + 0.999)
+    return spec
+
+
+def _millicores(text: str) -> float:
+    return float(text[:-1]) if text.endswith("m") else float(text) * 1000
+
+
+def _mebibytes(text: str) -> float:
+    return float(text[:-2]) * (1024 if text.endswith("Gi") else 1)
+
+
 def deployment_bodies(replicas: int, seed: int, dropped: set[str]) -> list[dict[str, Any]]:
     bodies = []
+    factor = replicas / CALIBRATED_REPLICAS
     for i, size in enumerate(deployment_sizes(replicas, seed)):
         kind, spec = KINDS[i % len(KINDS)]
         image = BASE_IMAGE if i % 3 == 0 else IMAGE_POOL[i % len(IMAGE_POOL)]
         body = {"name": f"{PREFIX}{i:04d}-{kind}", "image": image, "command": COMMAND, "replicas": size}
-        body.update({k: v for k, v in spec.items() if k not in dropped})
+        body.update({k: v for k, v in _scaled(spec, factor).items() if k not in dropped})
         bodies.append(body)
     return bodies
 
