@@ -29,15 +29,10 @@ import threading
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import websockets
+from realhosts import percentile, real_cluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.harness.controlplane import ControlPlane
-from tests.harness.hosts import HostPool
-from tests.harness.plugin import start_services
 from tests.harness.waiting import wait_for
 
 IMAGE = "berth-test/busybox:1"
@@ -62,11 +57,6 @@ def script(lines: int) -> list[str]:
         )
         + "; sleep 3600 & wait",
     ]
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
 
 
 def engine_time(stamp: str) -> float:
@@ -129,16 +119,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=50)
     args = parser.parse_args()
 
-    log("starting PostgreSQL and Redis")
-    services = start_services()
-    pool = HostPool(services.session, ["h1"])
-    plane = ControlPlane(services)
-    try:
-        log("starting one host and the control plane")
-        (host,) = pool.start()
-        plane.start()
-        host.start_agent(plane.agent_url_for(host), plane.new_join_token())
-        wait_for(lambda: plane.api.get("/api/v1/nodes/h1/").json().get("status") == "Ready", 30, "h1 Ready")
+    with real_cluster(["h1"], log=log) as (plane, (host,)):
         name = f"bench-{uuid.uuid4().hex[:6]}"
         body = {"name": name, "image": IMAGE, "replicas": 1, "command": script(args.lines)}
         plane.api.post("/api/v1/namespaces/default/deployments/", json=body).raise_for_status()
@@ -213,11 +194,6 @@ def main() -> None:
             "burst_lines": args.lines,
         }
         print(json.dumps(result))
-    finally:
-        log("tearing down")
-        plane.stop()
-        pool.stop()
-        services.stop()
 
 
 if __name__ == "__main__":

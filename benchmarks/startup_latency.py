@@ -17,15 +17,11 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
+from realhosts import percentile, real_cluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.harness.controlplane import ControlPlane
-from tests.harness.hosts import HostPool
-from tests.harness.plugin import start_services
+from tests.harness.controlplane import DATABASE, ControlPlane
 from tests.harness.waiting import wait_for
 
 IMAGE = "berth-test/busybox:1"
@@ -35,13 +31,6 @@ POLL = 0.002  # seconds between looks; small against what is measured
 
 def log(message: str) -> None:
     print(f"[startup_latency] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (p99 of 20 samples is the largest)."""
-    ordered = sorted(samples)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def berth_once(plane: ControlPlane, db: psycopg.Connection, host) -> float:
@@ -97,17 +86,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
 
-    log("starting PostgreSQL and Redis")
-    services = start_services()
-    pool = HostPool(services.session, ["h1"])
-    plane = ControlPlane(services)
-    try:
-        log("starting one host (network namespace + Docker engine) and the control plane")
-        (host,) = pool.start()
-        plane.start()
-        host.start_agent(plane.agent_url_for(host), plane.new_join_token())
-        wait_for(lambda: plane.api.get("/api/v1/nodes/h1/").json().get("status") == "Ready", 30, "h1 Ready")
-        db = psycopg.connect(services.database_url("berth_e2e"), autocommit=True)
+    with real_cluster(["h1"], log=log) as (plane, (host,)):
+        db = psycopg.connect(plane.services.database_url(DATABASE), autocommit=True)
 
         berth, docker = [], []
         for i in range(args.warmup + args.runs):
@@ -133,11 +113,6 @@ def main() -> None:
             "engine": host.docker.version().get("Version"),
         }
         print(json.dumps(result))
-    finally:
-        log("tearing down")
-        plane.stop()
-        pool.stop()
-        services.stop()
 
 
 if __name__ == "__main__":
