@@ -124,7 +124,7 @@ def reconcile_deployment(pk: int) -> float | None:
             changed = True if (placed or plan.create) else changed
 
         status_changed, recheck_in, failure = _update_status(
-            deployment, list(rows.values()), states, rollout, now
+            deployment, list(rows.values()), states, rollout, revision, now
         )
         changed |= status_changed
         rechecks.append(recheck_in)
@@ -342,14 +342,13 @@ _STATUS_FIELDS = (
 )
 
 
-def _update_status(deployment: Deployment, replicas: list[Replica], states, rollout, now):
+def _update_status(deployment: Deployment, replicas: list[Replica], states, rollout, revision: str, now):
     """Write the deployment's status. Returns (changed, recheck in seconds, failure): the
     failure is the Progressing message when the current rollout has just failed."""
     before = [getattr(deployment, f) for f in _STATUS_FIELDS] + [[dict(c) for c in deployment.conditions]]
     was_failed = (deployment.condition(Deployment.Condition.PROGRESSING) or {}).get("status") == "False"
     active = [r for r in replicas if r.is_active]
     by_name = {s.name: s for s in states}
-    revision = deployment.revision()
 
     # Replicas created in this pass have no state yet: not available, not draining.
     def is_available(r):

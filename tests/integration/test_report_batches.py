@@ -1,6 +1,5 @@
 """Agents' status reports are applied in batches per web process, newest per node."""
 
-import asyncio
 import threading
 from unittest import mock
 
@@ -11,7 +10,7 @@ from orchestrator import services
 from orchestrator.controllers import node_reports
 from orchestrator.controllers.deployment import reconcile_deployment
 from orchestrator.models import Namespace, Replica
-from tests.integration.test_agent_channel import run
+from tests.integration.test_agent_channel import run, until_true
 from web.consumers.reports import ReportBuffer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,8 +48,7 @@ def test_reports_arriving_during_a_batch_go_together_in_the_next_and_the_newest_
         buffer = ReportBuffer()
         first = nodes[0].pk
         buffer.submit(first, report(by_node[first], "Starting", 1))
-        while not batches:  # the first batch is being applied (and held)
-            await asyncio.sleep(0.01)
+        await until_true(lambda: bool(batches), timeout=10)  # the first batch is applied (and held)
         for node in nodes:
             buffer.submit(node.pk, report(by_node[node.pk], "Starting", 2))
             buffer.submit(node.pk, report(by_node[node.pk], "Running", 3))  # replaces the one before

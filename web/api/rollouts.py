@@ -5,7 +5,7 @@ from collections import Counter
 
 from rest_framework import serializers
 
-from orchestrator.models import Revision
+from orchestrator.models import Replica, Revision
 from web.api.fields import StrictSerializer
 
 _AMOUNT = re.compile(r"^(\d{1,3})%$")
@@ -166,8 +166,6 @@ class RollbackSerializer(StrictSerializer):
 
 def revision_rows(deployment) -> list[dict]:
     """The deployment's revisions, newest first, each with how many replicas run it now."""
-    from orchestrator.models import Replica
-
     counts = Counter(
         deployment.replica_set.filter(phase__in=Replica.ACTIVE).values_list("revision", flat=True)
     )
