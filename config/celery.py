@@ -31,8 +31,8 @@ def _schedule_loops(sender, **kwargs):
 def _resync_on_start(sender, **kwargs):
     # A worker that starts may replace one that was killed holding tasks: with late
     # acknowledgement they stay reserved in Redis until the visibility timeout (an hour),
-    # and their "reconcile queued" marks (orchestrator.tasks.request_reconcile) hold back
-    # new requests for a minute. A resync now redoes whatever they were for.
+    # and the "batch queued" mark (orchestrator.tasks.request_reconciles) holds back new
+    # batches for a minute. A resync now redoes whatever they were for.
     try:
         app.send_task("orchestrator.resync")
     except Exception as exc:  # the broker is down: the periodic resync will run once it is back

@@ -126,8 +126,7 @@ def reconcile_deployments(deployment_ids) -> None:
     deployment whose pass is already queued fold into it)."""
     from orchestrator import tasks
 
-    for deployment_id in deployment_ids:
-        tasks.request_reconcile(deployment_id)
+    tasks.request_reconciles(deployment_ids)
 
 
 def place_waiting_replicas() -> None:

@@ -1,6 +1,8 @@
 """Celery tasks for the orchestrator: thin, idempotent, keyed by primary key."""
 
+import contextlib
 import logging
+import time
 from datetime import timedelta
 
 import redis
@@ -12,9 +14,11 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from nodes.models import Node
+from orchestrator.controllers.deployment import Effects
 from orchestrator.controllers.deployment import reconcile_deployment as _reconcile_deployment
 from orchestrator.dispatch import dispatch_nodes
 from orchestrator.models import Deployment, Replica
+from orchestrator.scheduling.snapshot import snapshot_held
 
 log = logging.getLogger(__name__)
 
@@ -24,24 +28,29 @@ DATABASE_ERRORS = (OperationalError, InterfaceError)
 REDIS_ERRORS = (redis.RedisError, BrokerError)
 
 
-@shared_task(
-    name="orchestrator.reconcile_deployment",
-    ignore_result=True,
+_RETRYING = dict(
     autoretry_for=(*DATABASE_ERRORS, *REDIS_ERRORS),
     retry_backoff=True,
     retry_backoff_max=5,  # a pass is cheap; after an outage, work resumes within seconds
     max_retries=None,
 )
+
+
+@shared_task(name="orchestrator.reconcile_deployment", ignore_result=True, **_RETRYING)
 def reconcile_deployment(deployment_id: int) -> None:
-    """Move one deployment a step closer to its spec; a vanished deployment is a no-op."""
-    # Cleared before reading any state: a change from now on queues another pass.
-    _queued_marks().delete(_QUEUED.format(deployment_id))
+    """Move one deployment a step closer to its spec; a vanished deployment is a no-op.
+    Used for passes due at a time (a replica becoming available, a toleration running out)."""
     recheck_in = _reconcile_deployment(deployment_id)
     if recheck_in is not None:
         reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
 
 
-_QUEUED = "berth:reconcile-queued:{}"
+# Requested passes wait in a Redis set; one task at a time takes up to BATCH of them.
+_PENDING = "berth:reconcile-pending"
+_BATCH_QUEUED = "berth:reconcile-batch-queued"
+BATCH = 200
+# While a batch runs, the nodes it placed onto get their desired sets at least this often.
+DISPATCH_EVERY_SECONDS = 0.2
 _marks = None
 
 
@@ -53,27 +62,80 @@ def _queued_marks():
 
 
 def request_reconcile(deployment_id: int) -> None:
-    """Queue a reconcile of this deployment unless one is already queued and not started:
-    a burst of agent reports about one deployment makes one pass, not hundreds. The mark
-    expires, so a lost task (its worker was killed) never blocks the deployment for longer
-    than a minute, and the periodic resync reconciles everything anyway.
+    request_reconciles([deployment_id])
+
+
+def request_reconciles(deployment_ids) -> None:
+    """Ask for a pass over these deployments. They join a set that the next batch task
+    takes: a burst of changes (agent reports, API calls, a resync of every deployment)
+    makes one pass per deployment in as few tasks as there are batches, sharing one
+    snapshot scan and one desired-set frame per node. A deployment already waiting is
+    not added twice. The queued mark expires, so a lost task (its worker was killed)
+    holds nothing back for longer than a minute, and the periodic resync asks again.
 
     Called after a commit: if Redis is down the change is saved all the same, so this logs
     rather than fails the caller; the resync after Redis is back picks the deployment up.
     """
+    ids = sorted(set(deployment_ids))
+    if not ids:
+        return
     try:
-        if _queued_marks().set(_QUEUED.format(deployment_id), 1, nx=True, ex=60):
-            reconcile_deployment.delay(deployment_id)
+        marks = _queued_marks()
+        marks.sadd(_PENDING, *ids)
+        _queue_batch(marks)
     except REDIS_ERRORS as exc:
-        log.warning("could not queue a reconcile of deployment %s (%s); the resync will", deployment_id, exc)
+        shown = ", ".join(map(str, ids[:5])) + (" …" if len(ids) > 5 else "")
+        log.warning("could not queue a reconcile of deployment %s (%s); the resync will", shown, exc)
+
+
+def _queue_batch(marks) -> None:
+    if marks.set(_BATCH_QUEUED, 1, nx=True, ex=60):
+        reconcile_pending.delay()
+
+
+@shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)
+def reconcile_pending() -> None:
+    """Reconcile a batch of the requested deployments, in one snapshot scan, sending each
+    touched node its desired set once per DISPATCH_EVERY_SECONDS rather than per pass.
+    More waiting than a batch: another task is queued at once, for another worker."""
+    marks = _queued_marks()
+    # Cleared before taking any: a request from now on queues another batch.
+    marks.delete(_BATCH_QUEUED)
+    taken = sorted(int(pk) for pk in marks.spop(_PENDING, BATCH) or ())
+    if not taken:
+        return
+    if marks.scard(_PENDING):
+        _queue_batch(marks)
+    effects = Effects()
+    done = 0
+    last_dispatch = time.monotonic()
+    try:
+        with snapshot_held():
+            for deployment_id in taken:
+                recheck_in = _reconcile_deployment(deployment_id, effects)
+                done += 1
+                if recheck_in is not None:
+                    reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
+                if time.monotonic() - last_dispatch >= DISPATCH_EVERY_SECONDS:
+                    effects.flush()
+                    last_dispatch = time.monotonic()
+        effects.flush()
+    except BaseException:
+        # Not lost: what was not done goes back to wait (and the retry takes it); what was
+        # done is sent if it still can be (else nodes_to_resend finds it within seconds).
+        with contextlib.suppress(*REDIS_ERRORS):
+            if taken[done:]:
+                marks.sadd(_PENDING, *taken[done:])
+        with contextlib.suppress(*DATABASE_ERRORS, *REDIS_ERRORS):
+            effects.flush()
+        raise
 
 
 def place_waiting_replicas() -> None:
     """Room appeared (a node joined, changed or freed some): every deployment with replicas
     waiting for a node gets another placement pass."""
     waiting = Replica.objects.filter(node__isnull=True, phase=Replica.Phase.PENDING)
-    for deployment_id in set(waiting.values_list("deployment_id", flat=True)):
-        request_reconcile(deployment_id)
+    request_reconciles(set(waiting.values_list("deployment_id", flat=True)))
 
 
 # A replica placed on a connected node that its agent has not reported this long after, or
@@ -103,8 +165,7 @@ def resync() -> None:
     placed on them). Also run when a worker starts (its predecessor may have died holding
     tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
     try:
-        for deployment_id in Deployment.objects.values_list("pk", flat=True):
-            reconcile_deployment.delay(deployment_id)
+        request_reconciles(Deployment.objects.values_list("pk", flat=True))
         stale = nodes_to_resend()
         if stale:
             log.info("resending desired sets to %d node(s) that may have missed one", len(stale))

@@ -12,6 +12,7 @@ converged deployment decides nothing and writes nothing.
 
 import secrets
 import string
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
@@ -27,9 +28,9 @@ from orchestrator.dispatch import dispatch_nodes
 from orchestrator.events import record_event
 from orchestrator.models import Deployment, Replica
 from orchestrator.scheduling.commit import claim_nodes
-from orchestrator.scheduling.model import Taint
+from orchestrator.scheduling.model import NodeInfo, Taint
 from orchestrator.scheduling.placement import schedule
-from orchestrator.scheduling.snapshot import forget_nodes, take_snapshot
+from orchestrator.scheduling.snapshot import adopt_nodes, forget_nodes, take_snapshot
 from orchestrator.scheduling.spec import host_ports_of, placement_spec
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -60,9 +61,31 @@ def _replica_name(deployment: Deployment, taken: set[str]) -> str:
             return name
 
 
-def reconcile_deployment(pk: int) -> float | None:
+@dataclass
+class Effects:
+    """What passes leave to do once they have committed, gathered over a batch of passes
+    (orchestrator.tasks.reconcile_pending): the nodes to send their desired sets, the
+    deployments whose viewers to tell. Each node gets one frame per batch, not one per
+    deployment placed onto it."""
+
+    nodes: set[int] = field(default_factory=set)
+    deployments: set[int] = field(default_factory=set)
+
+    def flush(self) -> None:
+        nodes, deployments = sorted(self.nodes), sorted(self.deployments)
+        self.nodes.clear()
+        self.deployments.clear()
+        if nodes:
+            dispatch_nodes(nodes)
+        if deployments:
+            notify_deployments(deployments)
+
+
+def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | None:
     """One pass; returns in how many seconds another pass is due (a toleration running
-    out, a replica becoming available, a progress deadline), or None."""
+    out, a replica becoming available, a progress deadline), or None. With `effects`, what
+    is to be sent after the commit is added there for the caller to flush; without, it is
+    sent once this pass commits."""
     now = timezone.now()
     touched_nodes: set[int] = set()
     rechecks: list[float] = []
@@ -134,10 +157,14 @@ def reconcile_deployment(pk: int) -> float | None:
             deployment.delete()
             changed = True
 
-        if touched_nodes:
+        if touched_nodes and effects is None:
             transaction.on_commit(lambda: dispatch_nodes(touched_nodes))
-        if changed:
+        elif touched_nodes:
+            transaction.on_commit(lambda: effects.nodes.update(touched_nodes))
+        if changed and effects is None:
             transaction.on_commit(lambda: notify_deployments([pk]))
+        elif changed:
+            transaction.on_commit(lambda: effects.deployments.add(pk))
     # Anything further away than the periodic resync is left to it: no long-held timers.
     due = [
         seconds for seconds in rechecks if seconds is not None and seconds <= settings.RESYNC_INTERVAL_SECONDS
@@ -259,20 +286,25 @@ def _place(
     placed on."""
     taken = set(rows)  # names of this deployment's replicas; others are checked when drawn
     placed_on: set[int] = set()
+    committed: dict[int, NodeInfo] = {}  # node id -> the node as this pass leaves it
     reason = "placement lost to concurrent schedulers; retrying"
     for _ in range(MAX_PLACEMENT_ROUNDS):
         wanted = len(waiting) + create
         if not wanted:
             break
         snapshot = take_snapshot(deployment.pk, cached=True)
-        read = {node.id: node.resource_version for node in snapshot}
+        by_id = {node.id: node for node in snapshot}
         result = None
         try:
             result = schedule(spec, wanted, snapshot)
         finally:
-            # schedule() counted its picks into the cached nodes: read them again next time.
+            # schedule() counted its picks into the cached nodes: read them again next
+            # time, unless they are adopted as they are once this transaction commits.
             forget_nodes(None if result is None else set(result.node_ids))
-        won = claim_nodes({node_id: read[node_id] for node_id in set(result.node_ids)})
+        won = claim_nodes({node_id: by_id[node_id].resource_version for node_id in set(result.node_ids)})
+        for node_id in won:
+            by_id[node_id].resource_version += 1  # as claim_nodes left it
+            committed[node_id] = by_id[node_id]
         node_ids = [node_id for node_id in result.node_ids if node_id in won]
         placed_on |= won
         reason = result.reason or reason
@@ -294,6 +326,9 @@ def _place(
             create -= len(created)
         if len(result.node_ids) == len(node_ids) and result.unplaced:
             break  # everything that could be placed was; the rest has nowhere to go
+    if committed:
+        adopt = list(committed.values())
+        transaction.on_commit(lambda: adopt_nodes(adopt))
     if create:
         created = Replica.objects.bulk_create(
             _new_replica(deployment, revision, template, name, None, now, reason)

@@ -93,49 +93,63 @@ def apply_node_report(node_id: int, report: dict) -> None:
 
 
 def apply_node_reports(reports: dict[int, dict]) -> None:
-    """Apply the latest full report of each of these nodes, in one transaction: one query
-    locks all their replicas (in pk order, as the deployment controller locks them), one
-    bulk update writes what changed. A web process batches its agents' reports this way
-    (web/consumers/reports.py), so many agents reporting at once cost one round of queries."""
+    """Apply the latest full report of each of these nodes, in one transaction. A web
+    process batches its agents' reports this way (web/consumers/reports.py), so many agents
+    reporting at once cost one round of queries.
+
+    Most of a report repeats what is stored (an agent reports every replica it runs
+    whenever one of them changes), so the rows are read as plain values, unlocked, and only
+    the replicas that changed are locked (in pk order, as the deployment controller locks
+    them: no deadlock) and written; a replica the controller marked Terminating meanwhile
+    is left to it."""
     parsed = {node_id: _reported(node_id, report) for node_id, report in reports.items()}
     parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
     if not parsed:
         return
-    affected: set[int] = set()
+    rows = (
+        Replica.objects.filter(node_id__in=list(parsed))
+        .order_by("pk")
+        .values_list("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
+    )
+    gone, freed, changes, affected = [], set(), {}, set()
+    terminating = Replica.Phase.TERMINATING
+    for pk, node_id, deployment_id, namespace, name, *stored in rows:
+        observed = parsed[node_id].get((namespace, name))
+        if stored[0] == terminating:
+            if observed is None:
+                gone.append(pk)
+                freed.add(node_id)
+                affected.add(deployment_id)
+            continue
+        if observed is None:
+            continue  # not created yet: the agent has not applied the set that lists it
+        changed = {f: observed[f] for f, value in zip(_OBSERVED, stored, strict=True) if value != observed[f]}
+        if changed:
+            changes[pk] = (deployment_id, changed)
     now = timezone.now()
     with transaction.atomic():
-        replicas = (
-            Replica.objects.select_for_update(of=("self",))
-            .filter(node_id__in=list(parsed))
-            .select_related("namespace")
-            .order_by("pk")  # the controller locks replicas in pk order too: no deadlock
-        )
-        gone, freed, updated, fields = [], set(), [], set()
-        for replica in replicas:
-            observed = parsed[replica.node_id].get((replica.namespace.name, replica.name))
-            if replica.phase == Replica.Phase.TERMINATING:
-                if observed is None:
-                    gone.append(replica.pk)
-                    freed.add(replica.node_id)
-                    affected.add(replica.deployment_id)
-                continue
-            if observed is None:
-                continue  # not created yet: the agent has not applied the set that lists it
-            changed = [f for f in _OBSERVED if getattr(replica, f) != observed[f]]
-            if changed:
-                for field in changed:
-                    setattr(replica, field, observed[field])
-                replica.updated_at = now  # bulk_update does not touch auto_now fields
-                updated.append(replica)
+        if changes:
+            # Lock what changes; a replica now Terminating (the controller got there first) is skipped.
+            locked = (
+                Replica.objects.select_for_update()
+                .filter(pk__in=list(changes))
+                .exclude(phase=terminating)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+            updated, fields = [], set()
+            for pk in locked:
+                deployment_id, changed = changes[pk]
+                updated.append(Replica(pk=pk, updated_at=now, **changed))
                 fields.update(changed)
-                affected.add(replica.deployment_id)
-        if updated:
-            Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"], batch_size=1000)
+                affected.add(deployment_id)
+            if updated:
+                Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"], batch_size=1000)
         # Node rows are locked in id order, as schedulers' claims and dispatch lock them: an
         # UPDATE of several rows at once would lock them in any order and could deadlock.
         list(Node.objects.select_for_update().filter(pk__in=list(parsed)).order_by("pk").values_list("pk"))
         if gone:
-            Replica.objects.filter(pk__in=gone).delete()
+            Replica.objects.filter(pk__in=gone, phase=terminating).delete()
             # Room freed: schedulers that cached these nodes' usage must read them again.
             Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
             transaction.on_commit(place_waiting_replicas)  # their room is free again
@@ -153,11 +167,10 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
 
 
 def _after_change(deployment_ids: set[int]) -> None:
-    from orchestrator.tasks import request_reconcile
+    from orchestrator.tasks import request_reconciles
 
     notify_deployments(deployment_ids)
-    for deployment_id in deployment_ids:
-        request_reconcile(deployment_id)
+    request_reconciles(deployment_ids)
 
 
 def place_waiting_replicas() -> None:

@@ -116,6 +116,15 @@ class NodeInfo:
     deployment_counts: Counter = field(default_factory=Counter)
     images: frozenset[str] = frozenset()
     resource_version: int = 0
+    # group(), computed once: a NodeInfo's status, labels and taints are not changed after
+    # it is built (a changed node is read again into a new one).
+    _group: tuple | None = field(default=None, repr=False, compare=False)
+
+    def group(self) -> tuple:
+        """What static filters and label scores read: nodes that share it share their verdicts."""
+        if self._group is None:
+            self._group = (self.ready, self.unschedulable, tuple(sorted(self.labels.items())), self.taints)
+        return self._group
 
     def add(self, spec: PlacementSpec) -> None:
         """Account for one more replica of `spec` on this node."""

@@ -3,10 +3,19 @@ one replica at a time, updating the snapshot as it goes.
 
 Pure: it reads only its arguments (and updates the NodeInfo objects it is given to
 account for what it placed). The same input always gives the same placement: ties go to
-the node whose name sorts first.
+the node whose name sorts first (in a scored window: the node nearest its start).
 
-Cost: static filters and scores once per node, then a heap per topology domain with lazy
-invalidation, so each placement is O(log nodes) rather than a pass over every node.
+Cost, for thousands of nodes (docs/scheduling.md, "At scale"):
+- Static filters and the label-based part of the score depend only on a node's labels,
+  taints and status, so they run once per *group* of nodes that share those (a fleet has
+  a few dozen groups, not thousands), as Nomad does with its computed node classes.
+- As kube-scheduler does (`percentageOfNodesToScore`), a big cluster scores only a window
+  of the eligible nodes: at 5,000 nodes about 10 %, never fewer than 100, never fewer than
+  the replicas to place. The window starts at a point that depends on the deployment, so
+  deployments spread over the whole fleet. Whatever the window cannot take goes through a
+  pass over every eligible node, so a replica is only left Pending when no node can take it.
+- Within a pass, a heap per topology domain with lazy invalidation: each placement is
+  O(log nodes), not a pass over every node.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from dataclasses import dataclass, field
 
 from orchestrator.scheduling import filters, scores
 from orchestrator.scheduling.model import NodeInfo, PlacementSpec
+
+MIN_NODES_TO_SCORE = 100  # kube-scheduler's minFeasibleNodesToFind
 
 
 @dataclass
@@ -36,99 +47,161 @@ def explain(reasons: Counter, total: int) -> str:
     return f"0/{total} nodes available: {parts}"
 
 
+def nodes_to_score(eligible: int, count: int, minimum: int = MIN_NODES_TO_SCORE) -> int:
+    """How many eligible nodes to score for a batch of `count` replicas: kube-scheduler's
+    adaptive share (50 % of a small cluster, one point less per 125 nodes, at least 5 %),
+    at least `minimum`, and at least one node per replica."""
+    if eligible <= minimum:
+        return eligible
+    share = max(5, 50 - eligible // 125)
+    return min(eligible, max(minimum, eligible * share // 100, count))
+
+
 class _Domain:
-    """The nodes of one topology domain (one value per spread constraint's key), best first."""
+    """The candidate nodes of one topology domain (a value per spread constraint), best first."""
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, str, int, NodeInfo]] = []
-
-    def push(self, node: NodeInfo, score: float, version: int) -> None:
-        heapq.heappush(self.heap, (-score, node.name, version, node))
+        self.heap: list[tuple] = []  # (-score, tie-break, version, node)
 
 
-def schedule(spec: PlacementSpec, count: int, nodes: list[NodeInfo]) -> Placement:
+class _Batch:
+    """One call's working state: the per-group verdicts and the spread counts."""
+
+    def __init__(self, spec: PlacementSpec) -> None:
+        self.spec = spec
+        self.constraints = spec.topology_spread
+        self.verdicts: dict[tuple, str | None] = {}  # group -> static rejection, or None
+        self.label_scores: dict[tuple, float] = {}  # group -> label-based score
+        self.domain_keys: dict[tuple, tuple] = {}  # group -> its domain, one value per constraint
+        self.domain_counts: list[Counter] = [Counter() for _ in self.constraints]
+
+    def rejection(self, node: NodeInfo) -> str | None:
+        group = node.group()
+        if group not in self.verdicts:
+            self.verdicts[group] = filters.first_rejection(filters.STATIC, node, self.spec)
+        return self.verdicts[group]
+
+    def domain(self, node: NodeInfo) -> tuple:
+        group = node.group()
+        key = self.domain_keys.get(group)
+        if key is None:
+            key = self.domain_keys[group] = tuple(node.labels.get(c.topology_key) for c in self.constraints)
+        return key
+
+    def score(self, node: NodeInfo) -> float:
+        group = node.group()
+        base = self.label_scores.get(group)
+        if base is None:
+            base = self.label_scores[group] = scores.label_score(node, self.spec)
+        return base + scores.image_score(node, self.spec) + scores.dynamic_score(node, self.spec)
+
+    def fill(self, candidates: list[NodeInfo], count: int, picks: list[int], *, windowed: bool) -> int:
+        """Place up to `count` replicas on these candidates (appending to `picks`); returns
+        how many were placed. Ties go to the node whose name sorts first, or in a window to
+        the node nearest its start (so that windows spread equal deployments apart)."""
+        spec, constraints = self.spec, self.constraints
+        versions: dict[int, int] = {}
+        domains: dict[tuple, _Domain] = {}
+        tie: dict[int, object] = {}
+        for position, node in enumerate(candidates):
+            versions[node.id] = 0
+            tie[node.id] = position if windowed else node.name
+            key = self.domain(node)
+            domain = domains.get(key)
+            if domain is None:
+                domain = domains[key] = _Domain()
+            domain.heap.append((-self.score(node), tie[node.id], 0, node))
+        for domain in domains.values():
+            heapq.heapify(domain.heap)
+
+        def best_in(domain: _Domain):
+            heap = domain.heap
+            while heap:
+                _, _, version, node = heap[0]
+                if version != versions[node.id]:
+                    heapq.heappop(heap)  # an older score of a node placed on since
+                    continue
+                if filters.first_rejection(filters.DYNAMIC, node, spec):
+                    heapq.heappop(heap)  # full for this batch: it only fills further
+                    continue
+                return heap[0]
+            return None
+
+        placed = 0
+        while placed < count:
+            minimums = [min(c.values(), default=0) for c in self.domain_counts]
+            chosen, chosen_rank = None, None
+            for key, domain in domains.items():
+                skew, allowed = 0, True
+                for i, constraint in enumerate(constraints):
+                    if key[i] is None:
+                        continue  # ScheduleAnyway and the node lacks the label: no preference
+                    after = self.domain_counts[i][key[i]] + 1 - minimums[i]
+                    if constraint.hard and after > constraint.max_skew:
+                        allowed = False
+                        break
+                    skew += after
+                if not allowed:
+                    continue
+                top = best_in(domain)
+                if top is None:
+                    continue
+                rank = (skew, top[0], top[1])
+                if chosen_rank is None or rank < chosen_rank:
+                    chosen, chosen_rank = top, rank
+            if chosen is None:
+                break
+            node = chosen[3]
+            node.add(spec)
+            picks.append(node.id)
+            placed += 1
+            versions[node.id] += 1
+            key = self.domain(node)
+            for i, value in enumerate(key):
+                if value is not None:
+                    self.domain_counts[i][value] += 1
+            heapq.heappush(domains[key].heap, (-self.score(node), tie[node.id], versions[node.id], node))
+        return placed
+
+
+def schedule(
+    spec: PlacementSpec, count: int, nodes: list[NodeInfo], *, min_nodes_to_score: int = MIN_NODES_TO_SCORE
+) -> Placement:
     placement = Placement()
-    reasons: dict[int, str] = {}
-    eligible: list[NodeInfo] = []
-    for node in nodes:
-        reason = filters.first_rejection(filters.STATIC, node, spec)
-        if reason:
-            reasons[node.id] = reason
-        else:
-            eligible.append(node)
+    batch = _Batch(spec)
+    eligible = [node for node in nodes if batch.rejection(node) is None]
 
-    constraints = spec.topology_spread
-    # Replicas of this deployment per domain, for each constraint, over the eligible nodes.
-    domain_counts: list[Counter] = [Counter() for _ in constraints]
+    # This deployment's replicas per domain, for each constraint, over the eligible nodes;
+    # every domain of an eligible node counts, with no replica too.
+    deployment = spec.deployment_id
     for node in eligible:
-        for i, constraint in enumerate(constraints):
-            value = node.labels.get(constraint.topology_key)
-            if value is not None:
-                domain_counts[i][value] += node.deployment_counts[spec.deployment_id]
-
-    static = {node.id: scores.static_score(node, spec) for node in eligible}
-    versions: dict[int, int] = {}
-    domains: dict[tuple, _Domain] = {}
-    for node in eligible:
-        key = tuple(node.labels.get(c.topology_key) for c in constraints)
-        versions[node.id] = 0
-        domains.setdefault(key, _Domain()).push(node, static[node.id] + scores.dynamic_score(node, spec), 0)
-
-    def best_in(domain: _Domain):
-        while domain.heap:
-            _, _, version, node = domain.heap[0]
-            if version != versions[node.id]:
-                heapq.heappop(domain.heap)  # an older score of a node placed on since
-                continue
-            reason = filters.first_rejection(filters.DYNAMIC, node, spec)
-            if reason:
-                heapq.heappop(domain.heap)  # full for this batch: it only fills further
-                reasons[node.id] = reason
-                continue
-            return domain.heap[0]
-        return None
-
-    for _ in range(count):
-        minimums = [min(c.values(), default=0) for c in domain_counts]
-        chosen, chosen_key = None, None
-        for key, domain in domains.items():
-            skew, allowed = 0, True
-            for i, constraint in enumerate(constraints):
-                if key[i] is None:
-                    continue  # ScheduleAnyway and the node lacks the label: no preference
-                after = domain_counts[i][key[i]] + 1 - minimums[i]
-                if constraint.hard and after > constraint.max_skew:
-                    allowed = False
-                    break
-                skew += after
-            if not allowed:
-                continue
-            top = best_in(domain)
-            if top is None:
-                continue
-            rank = (skew, top[0], top[1])
-            if chosen_key is None or rank < chosen_key:
-                chosen, chosen_key = top, rank
-        if chosen is None:
-            placement.unplaced = count - len(placement.node_ids)
-            placement.reason = _reason(nodes, eligible, reasons, constraints)
-            break
-        node = chosen[3]
-        node.add(spec)
-        placement.node_ids.append(node.id)
-        versions[node.id] += 1
-        key = tuple(node.labels.get(c.topology_key) for c in constraints)
+        key = batch.domain(node)
+        placed_here = node.deployment_counts.get(deployment, 0)
         for i, value in enumerate(key):
             if value is not None:
-                domain_counts[i][value] += 1
-        domains[key].push(node, static[node.id] + scores.dynamic_score(node, spec), versions[node.id])
+                batch.domain_counts[i][value] += placed_here
+
+    window = nodes_to_score(len(eligible), count, min_nodes_to_score)
+    left = count
+    if window < len(eligible):
+        start = (deployment * 2654435761) % len(eligible)  # deterministic, differs per deployment
+        candidates = (eligible[start:] + eligible[:start])[:window]
+        left -= batch.fill(candidates, left, placement.node_ids, windowed=True)
+    if left:
+        left -= batch.fill(eligible, left, placement.node_ids, windowed=False)
+    if left:
+        placement.unplaced = left
+        placement.reason = _reason(nodes, batch)
     return placement
 
 
-def _reason(nodes, eligible, reasons: dict[int, str], constraints) -> str:
+def _reason(nodes: list[NodeInfo], batch: _Batch) -> str:
+    """Why each node cannot take one more replica, counted. A node that passes every filter
+    lost to the spread rule (the state only fills up within a batch, so a node rejected
+    during it is rejected now for the same reason)."""
+    spread = ", ".join(f"{c.topology_key} max skew {c.max_skew}" for c in batch.constraints if c.hard)
     counts: Counter = Counter()
-    spread = ", ".join(f"{c.topology_key} max skew {c.max_skew}" for c in constraints if c.hard)
     for node in nodes:
-        # A node that passed every filter but was never reached lost to the spread rule.
-        counts[reasons.get(node.id) or f"would break topology spread ({spread})"] += 1
+        reason = batch.rejection(node) or filters.first_rejection(filters.DYNAMIC, node, batch.spec)
+        counts[reason or f"would break topology spread ({spread})"] += 1
     return explain(counts, len(nodes))

@@ -17,16 +17,25 @@ PREFER_NO_SCHEDULE_WEIGHT = 3
 def static_score(node: NodeInfo, spec: PlacementSpec) -> float:
     """The part that does not change as replicas are placed: preferred affinity, image
     locality, and untolerated PreferNoSchedule taints (against)."""
+    return label_score(node, spec) + image_score(node, spec)
+
+
+def label_score(node: NodeInfo, spec: PlacementSpec) -> float:
+    """Preferred affinity and untolerated PreferNoSchedule taints: what depends only on the
+    node's labels and taints (the same for every node of a group)."""
     score = 0.0
     if spec.preferred:
         total = sum(weight for weight, _ in spec.preferred)
         matched = sum(weight for weight, expression in spec.preferred if expression.matches(node.labels))
         score += PREFERRED_AFFINITY_WEIGHT * 100.0 * matched / total
-    if spec.image and spec.image in node.images:
-        score += IMAGE_LOCALITY_WEIGHT * 100.0
     untolerated = sum(1 for t in node.taints if t.effect == "PreferNoSchedule" and not spec.tolerates(t))
     score -= PREFER_NO_SCHEDULE_WEIGHT * 100.0 * untolerated
     return score
+
+
+def image_score(node: NodeInfo, spec: PlacementSpec) -> float:
+    """Image locality: the node already has the image."""
+    return IMAGE_LOCALITY_WEIGHT * 100.0 if spec.image and spec.image in node.images else 0.0
 
 
 def _fraction(used: int, allocatable: int) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 from django.db.models import BigIntegerField as BigInt
 from django.db.models import Case, Count, F, Sum, Value, When
@@ -74,26 +75,36 @@ class SnapshotCache:
     """The snapshot, kept between passes in one worker process and brought up to date by
     resource_version: every change to what placement reads about a node (its labels,
     taints, status, room, a placement onto it, a replica leaving it) bumps the version,
-    so only nodes whose version moved are read again. One pass reads every node's
-    version (one narrow query) instead of every node and every replica."""
+    so only nodes whose version moved are read again. A scan reads every node's version
+    (one narrow query) instead of every node and every replica.
+
+    Placements this process commits are adopted as they are (`adopt`), so they cost no
+    re-read. Within `held()` (one batch of passes), only the first pass scans; the later
+    ones re-read just the nodes forgotten meanwhile. A change committed by someone else
+    during the batch can then go unseen until the next batch: it can make a claim lose
+    (and the node is re-read), never over-commit; and whatever committed it also asked for
+    a new pass, which scans."""
 
     # Beyond this share of nodes changed, one full read is cheaper than many filtered ones.
     FULL_RELOAD_SHARE = 0.5
 
     def __init__(self) -> None:
         self._nodes: dict[int, NodeInfo] = {}
+        self._forgotten: set[int] = set()
+        self._held = False
+        self._scanned = False
 
     def take(self, deployment_id: int | None = None) -> list[NodeInfo]:
-        versions = dict(Node.objects.values_list("pk", "resource_version"))
-        for pk in set(self._nodes) - set(versions):
-            del self._nodes[pk]
-        stale = [pk for pk, version in versions.items() if self._version(pk) != version]
-        if len(stale) > self.FULL_RELOAD_SHARE * max(len(versions), 1):
-            self._nodes = _load(None)
-        elif stale:
-            self._nodes.update(_load(stale))
+        if self._held and self._scanned:
+            if self._forgotten:
+                self._nodes.update(_load(sorted(self._forgotten)))
+        else:
+            self._scan()
+        self._forgotten.clear()
+        self._scanned = True
         for node in self._nodes.values():
-            node.deployment_counts.clear()
+            if node.deployment_counts:
+                node.deployment_counts.clear()
         if deployment_id is not None:
             counts = (
                 Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
@@ -106,6 +117,16 @@ class SnapshotCache:
                     self._nodes[node_id].deployment_counts[deployment_id] = n
         return list(self._nodes.values())
 
+    def _scan(self) -> None:
+        versions = dict(Node.objects.values_list("pk", "resource_version"))
+        for pk in set(self._nodes) - set(versions):
+            del self._nodes[pk]
+        stale = [pk for pk, version in versions.items() if self._version(pk) != version]
+        if len(stale) > self.FULL_RELOAD_SHARE * max(len(versions), 1):
+            self._nodes = _load(None)
+        elif stale:
+            self._nodes.update(_load(stale))
+
     def _version(self, pk: int) -> int | None:
         node = self._nodes.get(pk)
         return None if node is None else node.resource_version
@@ -115,8 +136,27 @@ class SnapshotCache:
         (placing onto them) and may not commit."""
         if node_ids is None:
             self._nodes.clear()
+            self._scanned = False
         for pk in node_ids or ():
-            self._nodes.pop(pk, None)
+            if self._nodes.pop(pk, None) is not None:
+                self._forgotten.add(pk)
+
+    def adopt(self, nodes: list[NodeInfo]) -> None:
+        """These nodes, as a pass left them, are what was committed (their versions already
+        the committed ones): keep them instead of reading them again, unless the cache has
+        read them since."""
+        for node in nodes:
+            if node.id not in self._nodes and node.id in self._forgotten:
+                self._nodes[node.id] = node
+                self._forgotten.discard(node.id)
+
+    @contextmanager
+    def held(self):
+        self._held, self._scanned = True, False
+        try:
+            yield
+        finally:
+            self._held = False
 
 
 class _PerThread(threading.local):
@@ -151,3 +191,12 @@ def take_snapshot(deployment_id: int | None = None, *, cached: bool = False) -> 
 
 def forget_nodes(node_ids=None) -> None:
     _local.cache.forget(node_ids)
+
+
+def adopt_nodes(nodes: list[NodeInfo]) -> None:
+    _local.cache.adopt(nodes)
+
+
+def snapshot_held():
+    """A batch of passes in this thread: the snapshot's version scan runs once, at its start."""
+    return _local.cache.held()

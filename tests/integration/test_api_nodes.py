@@ -25,7 +25,7 @@ def enqueued(monkeypatch):
     from orchestrator import tasks
 
     seen: list[int] = []
-    monkeypatch.setattr(tasks, "request_reconcile", seen.append)
+    monkeypatch.setattr(tasks, "request_reconciles", lambda ids: seen.extend(sorted(set(ids))))
     return seen
 
 

@@ -15,7 +15,7 @@ from orchestrator.scheduling.model import (
     Taint,
     Toleration,
 )
-from orchestrator.scheduling.placement import schedule
+from orchestrator.scheduling.placement import MIN_NODES_TO_SCORE, nodes_to_score, schedule
 
 GI = 2**30
 
@@ -270,15 +270,21 @@ specs = st.builds(
 
 
 def copy(nodes):
-    return [NodeInfo(**{**n.__dict__, "host_ports": set(n.host_ports), "deployment_counts": Counter()})
-            for n in nodes]  # fmt: skip
+    fresh = {"deployment_counts": Counter(), "_group": None}
+    return [NodeInfo(**{**n.__dict__, "host_ports": set(n.host_ports), **fresh}) for n in nodes]
 
 
 @settings(max_examples=300, deadline=None)
-@given(nodes=node_lists, placement_spec=specs, count=st.integers(0, 30))
-def test_placement_properties(nodes, placement_spec, count):
+@given(
+    nodes=node_lists,
+    placement_spec=specs,
+    count=st.integers(0, 30),
+    window=st.sampled_from([MIN_NODES_TO_SCORE, 1, 3]),
+)
+def test_placement_properties(nodes, placement_spec, count, window):
+    """`window` small: the scored window is smaller than the cluster, as in a big one."""
     before = {n.id: (n.requested_cpu, n.requested_memory) for n in nodes}
-    placement = schedule(placement_spec, count, copy(nodes))
+    placement = schedule(placement_spec, count, copy(nodes), min_nodes_to_score=window)
     by_id = {n.id: n for n in nodes}
     placed = Counter(placement.node_ids)
     # Everything is accounted for, with a reason for what is left.
@@ -305,19 +311,78 @@ def test_placement_properties(nodes, placement_spec, count):
             if per_zone:
                 assert max(per_zone.values()) - min(per_zone.values()) <= constraint.max_skew
     # Same input, same placement.
-    assert schedule(placement_spec, count, copy(nodes)).node_ids == placement.node_ids
+    assert (
+        schedule(placement_spec, count, copy(nodes), min_nodes_to_score=window).node_ids == placement.node_ids
+    )
 
 
 @settings(max_examples=150, deadline=None)
-@given(nodes=node_lists, count=st.integers(1, 20))
-def test_spread_is_satisfied_whenever_it_can_be(nodes, count):
+@given(nodes=node_lists, count=st.integers(1, 20), window=st.sampled_from([MIN_NODES_TO_SCORE, 1, 3]))
+def test_spread_is_satisfied_whenever_it_can_be(nodes, count, window):
     """With room everywhere, a hard max_skew 1 spread places everything, evenly."""
-    roomy = [NodeInfo(**{**n.__dict__, "ready": True, "requested_cpu": 0, "deployment_counts": Counter()})
-             for n in nodes]  # fmt: skip
-    placement = schedule(spec(topology_spread=(SpreadConstraint("zone", 1),)), count, roomy)
+    fresh = {"ready": True, "requested_cpu": 0, "deployment_counts": Counter(), "_group": None}
+    roomy = [NodeInfo(**{**n.__dict__, **fresh}) for n in nodes]
+    placement = schedule(
+        spec(topology_spread=(SpreadConstraint("zone", 1),)), count, roomy, min_nodes_to_score=window
+    )
     if roomy:
         assert placement.unplaced == 0
         zones = Counter({n.labels["zone"]: 0 for n in roomy})
         by_id = {n.id: n for n in roomy}
         zones.update(by_id[i].labels["zone"] for i in placement.node_ids)
         assert max(zones.values()) - min(zones.values()) <= 1
+
+
+# --- at scale: the scored window ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("eligible", "count", "expected"),
+    [
+        (0, 5, 0),
+        (80, 5, 80),  # a small cluster: every node
+        (1000, 5, 420),  # 42 %
+        (5000, 10, 500),  # 10 %, as kube-scheduler at 5,000 nodes
+        (5000, 800, 800),  # at least one node per replica
+        (100_000, 10, 5000),  # never below 5 %
+        (150, 5, 100),  # never below the minimum
+    ],
+)
+def test_nodes_to_score(eligible, count, expected):
+    assert nodes_to_score(eligible, count) == expected
+
+
+def big_cluster(n, **kwargs):
+    return [node(f"n{i:05d}", i, **kwargs) for i in range(n)]
+
+
+def test_a_big_cluster_scores_only_a_window():
+    nodes = big_cluster(2000)
+    placement = schedule(spec(cpu=100), 10, nodes)
+    assert placement.unplaced == 0 and len(set(placement.node_ids)) == 10
+    # Another deployment's window starts elsewhere in the fleet.
+    other = schedule(PlacementSpec(deployment_id=2, cpu=100), 10, big_cluster(2000))
+    assert set(other.node_ids).isdisjoint(placement.node_ids)
+
+
+def test_what_the_window_cannot_take_goes_anywhere_with_room():
+    """Every node is full but one, far from any window: it still gets the replica."""
+    nodes = big_cluster(2000, requested_cpu=4000)
+    nodes[1234].requested_cpu = 0
+    placement = schedule(spec(cpu=1000), 5, nodes)
+    assert placement.node_ids == [1234] * 4
+    assert placement.unplaced == 1
+    assert placement.reason == "0/2000 nodes available: 2000 insufficient cpu"
+
+
+def test_the_window_counts_spread_over_every_eligible_node():
+    """Replicas already placed outside the window still count towards the skew."""
+    nodes = big_cluster(1000, labels={"zone": "a"}) + [
+        node(f"z{i:04d}", 5000 + i, labels={"zone": "b"}) for i in range(1000)
+    ]
+    for n in nodes[1000:1010]:
+        n.deployment_counts[1] = 1  # 10 replicas in zone b already
+    placement = schedule(spec(topology_spread=(SpreadConstraint("zone", 1),)), 12, nodes)
+    by_id = {n.id: n for n in nodes}
+    zones = Counter(by_id[i].labels["zone"] for i in placement.node_ids)
+    assert zones == {"a": 11, "b": 1}  # 11 + 0 in a, 1 + 10 in b

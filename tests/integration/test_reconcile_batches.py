@@ -1,0 +1,121 @@
+"""Requested reconciles fold into batches: one task places many deployments against one
+snapshot scan and sends each node one desired set (orchestrator.tasks.reconcile_pending)."""
+
+import pytest
+from django.db import OperationalError
+
+from orchestrator import services, tasks
+from orchestrator.controllers import deployment as controller
+from orchestrator.models import Namespace, Replica
+from orchestrator.scheduling import snapshot
+from orchestrator.scheduling.snapshot import snapshot_held, take_snapshot
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """Batch tasks queued (run by the test itself, not by a worker); a clean pending set."""
+    marks = tasks._queued_marks()
+    marks.delete(tasks._PENDING, tasks._BATCH_QUEUED)
+    calls: list[int] = []
+    monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: calls.append(1))
+    yield calls
+    marks.delete(tasks._PENDING, tasks._BATCH_QUEUED)
+
+
+@pytest.fixture
+def dispatched(monkeypatch):
+    """The node lists each desired-set dispatch of a batch was for (they are still sent)."""
+    sent: list[list[int]] = []
+    real = controller.dispatch_nodes
+
+    def spy(node_ids):
+        sent.append(sorted(node_ids))
+        real(node_ids)
+
+    monkeypatch.setattr(controller, "dispatch_nodes", spy)
+    return sent
+
+
+def create(name, replicas):
+    namespace = Namespace.objects.get(name="default")
+    spec = {"name": name, "image": "busybox:1", "replicas": replicas, "cpu_request": 100}
+    return services.do_create_deployment(namespace, spec, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_fold_into_one_batch_that_sends_each_node_one_frame(ready_nodes, queued, dispatched):
+    h1, h2 = ready_nodes("h1", "h2")
+    deployments = [create(f"web{i}", 2) for i in range(3)]
+    assert len(queued) == 1  # three requests, one task
+    tasks.reconcile_pending()
+    placed = Replica.objects.filter(node__isnull=False)
+    assert placed.count() == 6
+    assert {r.deployment_id for r in placed} == {d.pk for d in deployments}
+    assert dispatched == [sorted([h1.pk, h2.pk])]  # once, for the whole batch
+    assert not tasks._queued_marks().scard(tasks._PENDING)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_more_than_a_batch_queues_another_task_at_once(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    monkeypatch.setattr(tasks, "BATCH", 2)
+    for i in range(3):
+        create(f"web{i}", 1)
+    assert len(queued) == 1
+    tasks.reconcile_pending()
+    assert len(queued) == 2  # one left: another task, for another worker
+    assert Replica.objects.filter(node__isnull=False).count() == 2
+    tasks.reconcile_pending()
+    assert Replica.objects.filter(node__isnull=False).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_that_fails_puts_the_rest_back_to_wait(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    first, second, third = (create(f"web{i}", 1) for i in range(3))
+    real = controller.reconcile_deployment
+
+    def flaky(pk, effects=None):
+        if pk == second.pk:
+            raise OperationalError("the server closed the connection")
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", flaky)
+    with pytest.raises(OperationalError):
+        tasks.reconcile_pending()
+    waiting = {int(pk) for pk in tasks._queued_marks().smembers(tasks._PENDING)}
+    assert waiting == {second.pk, third.pk}
+    assert Replica.objects.filter(deployment=first, node__isnull=False).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_placements_this_worker_committed_are_adopted_not_read_again(
+    ready_nodes, django_assert_max_num_queries
+):
+    ready_nodes("h1", "h2")
+    snapshot.forget_nodes()
+    web = create("web", 3)
+    take_snapshot(web.pk, cached=True)  # the cache has every node
+    controller.reconcile_deployment(web.pk)
+    # the versions scan and this deployment's counts: no node row read again
+    with django_assert_max_num_queries(2):
+        cached = take_snapshot(web.pk, cached=True)
+    fresh = take_snapshot(web.pk)
+    assert {n.name: (n.requested_cpu, n.resource_version, n.deployment_counts[web.pk]) for n in cached} == {
+        n.name: (n.requested_cpu, n.resource_version, n.deployment_counts[web.pk]) for n in fresh
+    }
+    assert sum(n.requested_cpu for n in cached) == 300
+
+
+@pytest.mark.django_db(transaction=True)
+def test_within_a_batch_only_the_first_pass_scans(ready_nodes, django_assert_max_num_queries):
+    h1, _h2 = ready_nodes("h1", "h2")
+    snapshot.forget_nodes()
+    with snapshot_held():
+        assert len(take_snapshot(None, cached=True)) == 2
+        with django_assert_max_num_queries(0):
+            take_snapshot(None, cached=True)
+        snapshot.forget_nodes([h1.pk])  # a pass placed onto h1 and did not commit
+        with django_assert_max_num_queries(3):  # h1's row, its usage, its ports
+            nodes = take_snapshot(None, cached=True)
+        assert sorted(n.name for n in nodes) == ["h1", "h2"]
