@@ -123,9 +123,9 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
             continue
         if observed is None:
             continue  # not created yet: the agent has not applied the set that lists it
-        changed = {f: observed[f] for f, value in zip(_OBSERVED, stored, strict=True) if value != observed[f]}
+        changed = [f for f, value in zip(_OBSERVED, stored, strict=True) if value != observed[f]]
         if changed:
-            changes[pk] = (deployment_id, changed)
+            changes[pk] = (deployment_id, observed, changed)
     now = timezone.now()
     with transaction.atomic():
         if changes:
@@ -139,8 +139,10 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
             )
             updated, fields = [], set()
             for pk in locked:
-                deployment_id, changed = changes[pk]
-                updated.append(Replica(pk=pk, updated_at=now, **changed))
+                deployment_id, observed, changed = changes[pk]
+                # Every observed field, not only the changed ones: the update writes the
+                # union of the fields that changed on any row.
+                updated.append(Replica(pk=pk, updated_at=now, **observed))
                 fields.update(changed)
                 affected.add(deployment_id)
             if updated:

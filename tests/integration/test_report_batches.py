@@ -62,3 +62,23 @@ def test_reports_arriving_during_a_batch_go_together_in_the_next_and_the_newest_
     assert batches == [[nodes[0].pk], sorted(n.pk for n in nodes)]
     assert set(Replica.objects.values_list("phase", flat=True)) == {"Running"}
     assert set(Node.objects.values_list("observed_generation", flat=True)) == {3}
+
+
+def test_replicas_that_changed_different_fields_keep_each_others_values():
+    """One replica starts running while another only changes its message: the write of the
+    two together must not put either back to what the other one had."""
+    node = Node.objects.create(name="h1", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
+    )
+    reconcile_deployment(deployment.pk)
+    first, second = Replica.objects.filter(node=node).order_by("pk")
+    node_reports.apply_node_report(node.pk, report([first, second], "Starting", 1))
+    entries = report([first, second], "Starting", 2)
+    entries["replicas"][0]["phase"] = "Running"
+    entries["replicas"][1]["message"] = "pulling image"
+    node_reports.apply_node_report(node.pk, entries)
+    assert list(Replica.objects.order_by("pk").values_list("phase", "message")) == [
+        ("Running", ""),
+        ("Starting", "pulling image"),
+    ]
