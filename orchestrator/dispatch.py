@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
-from orchestrator.models import Replica
+from orchestrator.models import Replica, desired_entry
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
         rows = (
             Replica.objects.filter(node_id__in=list(generations))
             .exclude(phase=Replica.Phase.TERMINATING)
-            .select_related("namespace", "deployment")
             .order_by("pk")
+            .values_list("node_id", "name", "namespace__name", "deployment__name", "revision", "template")
         )
-        for replica in rows:
-            replicas[replica.node_id].append(replica.desired_entry())
+        for node_id, *values in rows:
+            replicas[node_id].append(desired_entry(*values))
     return [
         (node_id, {"type": "desired", "generation": generations[node_id], "replicas": replicas[node_id]})
         for node_id in sorted(generations)

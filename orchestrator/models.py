@@ -294,13 +294,13 @@ class Replica(models.Model):
 
     def desired_entry(self) -> dict:
         """This replica as its node's agent receives it (see docs/agent-protocol.md)."""
-        return {
-            "name": self.name,
-            "namespace": self.namespace.name,
-            "deployment": self.deployment.name,
-            "revision": self.revision,
-            **self.template,
-        }
+        names = (self.name, self.namespace.name, self.deployment.name)
+        return desired_entry(*names, self.revision, self.template)
+
+
+def desired_entry(name: str, namespace: str, deployment: str, revision: str, template: dict) -> dict:
+    """A replica as its node's agent receives it, from plain values (dispatch reads many)."""
+    return {"name": name, "namespace": namespace, "deployment": deployment, "revision": revision, **template}
 
 
 class Event(models.Model):

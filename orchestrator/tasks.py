@@ -50,7 +50,7 @@ _PENDING = "berth:reconcile-pending"
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
 BATCH = 200
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
-DISPATCH_EVERY_SECONDS = 0.2
+DISPATCH_EVERY_SECONDS = 0.5
 _marks = None
 
 
@@ -65,7 +65,7 @@ def request_reconcile(deployment_id: int) -> None:
     request_reconciles([deployment_id])
 
 
-def request_reconciles(deployment_ids) -> None:
+def request_reconciles(deployment_ids, *, force: bool = False) -> None:
     """Ask for a pass over these deployments. They join a set that the next batch task
     takes: a burst of changes (agent reports, API calls, a resync of every deployment)
     makes one pass per deployment in as few tasks as there are batches, sharing one
@@ -75,6 +75,8 @@ def request_reconciles(deployment_ids) -> None:
 
     Called after a commit: if Redis is down the change is saved all the same, so this logs
     rather than fails the caller; the resync after Redis is back picks the deployment up.
+    `force` queues a batch task even if the mark says one is queued (the resync: the task
+    may have been lost with a killed worker, its mark left behind).
     """
     ids = sorted(set(deployment_ids))
     if not ids:
@@ -82,14 +84,14 @@ def request_reconciles(deployment_ids) -> None:
     try:
         marks = _queued_marks()
         marks.sadd(_PENDING, *ids)
-        _queue_batch(marks)
+        _queue_batch(marks, force=force)
     except REDIS_ERRORS as exc:
         shown = ", ".join(map(str, ids[:5])) + (" …" if len(ids) > 5 else "")
         log.warning("could not queue a reconcile of deployment %s (%s); the resync will", shown, exc)
 
 
-def _queue_batch(marks) -> None:
-    if marks.set(_BATCH_QUEUED, 1, nx=True, ex=60):
+def _queue_batch(marks, *, force: bool = False) -> None:
+    if marks.set(_BATCH_QUEUED, 1, nx=not force, ex=60):
         reconcile_pending.delay()
 
 
@@ -165,7 +167,7 @@ def resync() -> None:
     placed on them). Also run when a worker starts (its predecessor may have died holding
     tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
     try:
-        request_reconciles(Deployment.objects.values_list("pk", flat=True))
+        request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True)
         stale = nodes_to_resend()
         if stale:
             log.info("resending desired sets to %d node(s) that may have missed one", len(stale))

@@ -248,7 +248,7 @@ def test_worker_killed_mid_rollout(faulty, api, control_plane):
         # The worker holds a reconcile: running in a frozen child (its transaction open) or
         # reserved by the main process; unacknowledged either way, lost with the worker.
         wait_for(
-            lambda: any(b"orchestrator.reconcile_deployment" in m for m in broker.hvals("unacked")),
+            lambda: any(b"orchestrator.reconcile_" in m for m in broker.hvals("unacked")),
             10,
             lambda: f"the worker to hold a reconcile; it holds {broker.hvals('unacked')}",
         )

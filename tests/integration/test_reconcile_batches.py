@@ -119,3 +119,17 @@ def test_within_a_batch_only_the_first_pass_scans(ready_nodes, django_assert_max
         with django_assert_max_num_queries(3):  # h1's row, its usage, its ports
             nodes = take_snapshot(None, cached=True)
         assert sorted(n.name for n in nodes) == ["h1", "h2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_resync_queues_a_batch_even_past_a_mark_left_by_a_killed_worker(ready_nodes, queued):
+    ready_nodes("h1")
+    web = create("web", 1)
+    queued.clear()
+    tasks._queued_marks().set(tasks._BATCH_QUEUED, 1, ex=60)  # its task died with a worker
+    tasks.request_reconcile(web.pk)
+    assert queued == []  # an ordinary request trusts the mark
+    tasks.resync()
+    assert queued == [1]
+    tasks.reconcile_pending()
+    assert Replica.objects.filter(deployment=web, node__isnull=False).count() == 1
