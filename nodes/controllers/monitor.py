@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from nodes import heartbeats
@@ -23,8 +23,9 @@ from orchestrator.locks import try_transaction_lock
 
 log = logging.getLogger(__name__)
 
-# last_heartbeat in PostgreSQL is for people; it moves when it is this much behind.
-_COARSE = timedelta(seconds=5)
+# last_heartbeat in PostgreSQL is for people (and a fallback while Redis has no beat); it
+# moves when it is this much behind: at 5,000 nodes, 170 rows a second, not 1,000.
+_COARSE = timedelta(seconds=30)
 
 
 def monitor_nodes(now: datetime | None = None) -> list[str]:
@@ -64,9 +65,14 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
                 continue
             last = last_beat(pk, last_heartbeat, status_changed_at)
             if last_heartbeat is None or last - last_heartbeat >= _COARSE:
-                refresh.append(Node(pk=pk, last_heartbeat=last))
+                refresh.append((pk, last))
         if refresh:
-            Node.objects.bulk_update(refresh, ["last_heartbeat"], batch_size=1000)
+            with connection.cursor() as cursor:  # one statement (bulk_update builds a CASE per row)
+                cursor.execute(
+                    "UPDATE nodes_node AS n SET last_heartbeat = v.beat "
+                    "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, beat) WHERE n.id = v.id",
+                    [[pk for pk, _ in refresh], [beat for _, beat in refresh]],
+                )
         for node in (
             Node.objects.select_for_update().filter(pk__in=silent, status=Node.Status.READY).order_by("pk")
         ):

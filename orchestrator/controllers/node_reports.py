@@ -9,7 +9,7 @@ it twice leaves the same rows.
 import logging
 from datetime import datetime
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -155,15 +155,22 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
             # Room freed: schedulers that cached these nodes' usage must read them again.
             Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
             transaction.on_commit(place_waiting_replicas)  # their room is free again
-        by_generation: dict[int, list[int]] = {}
-        for node_id in sorted(parsed):
-            generation = reports[node_id].get("generation")
-            if isinstance(generation, int) and not isinstance(generation, bool):
-                by_generation.setdefault(generation, []).append(node_id)
-        for generation, node_ids in sorted(by_generation.items()):
-            Node.objects.filter(pk__in=node_ids, observed_generation__lt=generation).update(
-                observed_generation=generation
-            )
+        acknowledged = {
+            node_id: generation
+            for node_id in parsed
+            if isinstance(generation := reports[node_id].get("generation"), int)
+            and not isinstance(generation, bool)
+            and 0 <= generation < 2**63
+        }
+        if acknowledged:
+            # One statement for the batch (each node is at its own generation).
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE nodes_node AS n SET observed_generation = v.generation "
+                    "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
+                    "WHERE n.id = v.id AND n.observed_generation < v.generation",
+                    [list(acknowledged), list(acknowledged.values())],
+                )
         if affected:
             transaction.on_commit(lambda: _after_change(affected))
 

@@ -118,12 +118,14 @@ class NodeInfo:
     resource_version: int = 0
     # group(), computed once: a NodeInfo's status, labels and taints are not changed after
     # it is built (a changed node is read again into a new one).
-    _group: tuple | None = field(default=None, repr=False, compare=False)
+    _group: int | None = field(default=None, repr=False, compare=False)
 
-    def group(self) -> tuple:
-        """What static filters and label scores read: nodes that share it share their verdicts."""
+    def group(self) -> int:
+        """A small number for what static filters and label scores read (status, labels,
+        taints): nodes that share it share their verdicts."""
         if self._group is None:
-            self._group = (self.ready, self.unschedulable, tuple(sorted(self.labels.items())), self.taints)
+            key = (self.ready, self.unschedulable, tuple(sorted(self.labels.items())), self.taints)
+            self._group = _GROUPS.setdefault(key, len(_GROUPS))
         return self._group
 
     def add(self, spec: PlacementSpec) -> None:
@@ -134,3 +136,8 @@ class NodeInfo:
         self.score_memory += spec.score_memory
         self.host_ports |= spec.host_ports
         self.deployment_counts[spec.deployment_id] += 1
+
+
+# Every group seen by this process, numbered. Bounded by the distinct label and taint sets
+# a fleet has had, which is small next to the nodes that share them.
+_GROUPS: dict[tuple, int] = {}
