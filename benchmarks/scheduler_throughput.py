@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -461,6 +462,42 @@ def hollow_progress(plane: ControlPlane) -> str:
     return lines[-1].removeprefix("hollow: ") if lines else ""
 
 
+class WaitSampler:
+    """What PostgreSQL's busy sessions wait on, sampled every `interval` s while the
+    workload runs: lock waits between the scheduler, dispatch and report application show
+    here (py-spy sees them only as time inside psycopg)."""
+
+    QUERY = """
+    SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, ''),
+           left(regexp_replace(query, '\\s+', ' ', 'g'), 70)
+    FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND datname = %s
+    """
+
+    def __init__(self, url: str, database: str, interval: float = 0.25) -> None:
+        self.url, self.database, self.interval = url, database, interval
+        self.samples = 0
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as db:
+            while not self._stop.wait(self.interval):
+                self.samples += 1
+                for kind, event, query in db.execute(self.QUERY, [self.database]):
+                    self.counts[f"{kind}:{event} {query}"] += 1
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(5)
+        top = self.counts.most_common(12)
+        per_sample = [[what, round(n / max(self.samples, 1), 2)] for what, n in top]
+        return {"samples": self.samples, "top": per_sample}
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -483,6 +520,7 @@ def main() -> None:
     parser.add_argument("--stall", type=float, default=120.0, help="give up when nothing moves this long (s)")
     parser.add_argument("--no-taints", action="store_true")
     parser.add_argument("--profile", action="store_true", help="sample web and workers with py-spy")
+    parser.add_argument("--pg-waits", action="store_true", help="sample what PostgreSQL sessions wait on")
     parser.add_argument("--profile-dir", default=str(REPO / "test-artifacts" / "scheduler-profile"))
     args = parser.parse_args()
 
@@ -549,6 +587,9 @@ def main() -> None:
                 log(f"--profile: py-spy not found at {profiler.binary}; pip install py-spy")
                 profiler = None
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
+        if sampler:
+            sampler.start()
 
         log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
         url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
@@ -624,6 +665,9 @@ def main() -> None:
             "connect_rate": args.connect_rate,
             "cores": os.cpu_count(),
         }
+        if sampler:
+            # busy sessions per sample, by what they wait on (CPU: running) and query
+            result["pg_active_per_sample"] = sampler.stop()
         if profiler is not None:
             result["profile"] = profiler.stop()
             profiler = None

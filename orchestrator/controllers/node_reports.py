@@ -126,6 +126,16 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
         changed = [f for f, value in zip(_OBSERVED, stored, strict=True) if value != observed[f]]
         if changed:
             changes[pk] = (deployment_id, observed, changed)
+    # Generations the agents applied that are newer than the ones recorded (a report that
+    # follows a new desired set); most reports only change replicas' states.
+    recorded = dict(Node.objects.filter(pk__in=list(parsed)).values_list("pk", "observed_generation"))
+    behind = {
+        node_id: generation
+        for node_id in parsed
+        if isinstance(generation := reports[node_id].get("generation"), int)
+        and not isinstance(generation, bool)
+        and recorded.get(node_id, 2**63) < generation < 2**63
+    }
     now = timezone.now()
     with transaction.atomic():
         if changes:
@@ -147,29 +157,27 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
                 affected.add(deployment_id)
             if updated:
                 Replica.objects.bulk_update(updated, [*sorted(fields), "updated_at"], batch_size=1000)
-        # Node rows are locked in id order, as schedulers' claims and dispatch lock them: an
-        # UPDATE of several rows at once would lock them in any order and could deadlock.
-        list(Node.objects.select_for_update().filter(pk__in=list(parsed)).order_by("pk").values_list("pk"))
+        # The common report changes replicas' states only: no node row is touched or locked.
+        if gone or behind:
+            # Node rows are locked in id order, as schedulers' claims and dispatch lock them:
+            # an UPDATE of several rows at once would lock them in any order and deadlock.
+            locked_nodes = sorted(freed | set(behind))
+            list(
+                Node.objects.select_for_update().filter(pk__in=locked_nodes).order_by("pk").values_list("pk")
+            )
         if gone:
             Replica.objects.filter(pk__in=gone, phase=terminating).delete()
             # Room freed: schedulers that cached these nodes' usage must read them again.
             Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
             transaction.on_commit(place_waiting_replicas)  # their room is free again
-        acknowledged = {
-            node_id: generation
-            for node_id in parsed
-            if isinstance(generation := reports[node_id].get("generation"), int)
-            and not isinstance(generation, bool)
-            and 0 <= generation < 2**63
-        }
-        if acknowledged:
+        if behind:
             # One statement for the batch (each node is at its own generation).
             with connection.cursor() as cursor:
                 cursor.execute(
                     "UPDATE nodes_node AS n SET observed_generation = v.generation "
                     "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
                     "WHERE n.id = v.id AND n.observed_generation < v.generation",
-                    [list(acknowledged), list(acknowledged.values())],
+                    [list(behind), list(behind.values())],
                 )
         if affected:
             transaction.on_commit(lambda: _after_change(affected))
