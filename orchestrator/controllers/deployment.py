@@ -98,7 +98,10 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         )
         if deployment is None:
             return None
-        rows = {r.name: r for r in deployment.replica_set.select_for_update().order_by("pk")}
+        # Not locked: the deployment's lock keeps other passes out, and agents' reports (which
+        # write only what they observe, and never to a Terminating replica) need not wait
+        # for a pass. What a report changes meanwhile asks for another pass.
+        rows = {r.name: r for r in deployment.replica_set.order_by("pk")}
         spec = placement_spec(deployment)
         nodes = _nodes_of(rows.values())
         evicted, recheck_in = _evict(spec, rows, nodes, now)
@@ -113,7 +116,7 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         plan = compute_plan(deployment.replicas, revision, states, rollout)
         changed = bool(evicted or replaced) or not plan.is_empty
 
-        for name in plan.terminate:
+        for name in sorted(plan.terminate, key=lambda n: rows[n].pk):  # pk order, as reports lock
             replica = rows[name]
             replica.phase = Replica.Phase.TERMINATING
             replica.ready = False
