@@ -3,9 +3,10 @@
 The first change after a quiet period is sent at once (a replica turning Running is
 what a deploy waits on); changes that follow within 50 ms are folded into one frame,
 built when it is sent, so it always carries the newest state (protocol: "debounced
-<= 50 ms"). One exception to "at once": while `hold` says news is due (a container that
-has just started, whose first readiness check is under way), the frame waits for it, at
-most 50 ms after the change, so "running, not ready" and "ready" a moment later go as one
+<= 50 ms"); a frame the same as the last one sent on the connection is not sent again.
+One exception to "at once": while `hold` says news is due (a container that has just
+started, whose first readiness check is under way), the frame waits for it, at most
+50 ms after the change, so "running, not ready" and "ready" a moment later go as one
 frame: one report and one controller pass fewer, and the readiness arrives sooner than
 the next frame would bring it. `wait_sent` lets the reconciler hold a container's stop
 until the frame that takes its readiness off has gone out.
@@ -68,6 +69,7 @@ class StatusReporter:
         one change on every connect anyway, since the control plane wants a full picture.
         """
         self._senders += 1
+        last = None  # the last frame sent on this connection
         try:
             while True:
                 await self._dirty.wait()
@@ -83,8 +85,11 @@ class StatusReporter:
                 await self._wait_for_due_news(woke + self.min_interval)
                 self._dirty.clear()
                 marks = self._marks
-                await send(json.dumps(snapshot(), separators=(",", ":")))
-                self._last_sent = time.monotonic()
+                frame = json.dumps(snapshot(), separators=(",", ":"))
+                if frame != last:  # the control plane has this one already: no need to apply it again
+                    await send(frame)
+                    last = frame
+                    self._last_sent = time.monotonic()
                 self._sent_marks = marks
                 self._sent.set()
                 self._sent = asyncio.Event()

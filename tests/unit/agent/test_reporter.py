@@ -118,3 +118,47 @@ async def until_sent(sent: list, count: int, timeout: float = 2.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {count} frame(s); sent: {sent}")
         await asyncio.sleep(0.002)
+
+
+def test_a_frame_the_same_as_the_last_one_sent_is_not_sent_again():
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.01)
+        state = {"ready": True}
+        sent: list[dict] = []
+
+        async def send(text: str) -> None:
+            sent.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
+        try:
+            reporter.mark_dirty()
+            await until_sent(sent, 1)
+            reporter.mark_dirty()  # marked, but nothing the frame shows changed
+            await asyncio.wait_for(reporter.wait_sent(timeout=5), 1)  # a waiter is not kept waiting
+            state["ready"] = False
+            reporter.mark_dirty()
+            await until_sent(sent, 2)
+            await asyncio.sleep(0.05)
+            assert sent == [{"ready": True}, {"ready": False}]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        # A new connection starts with a full picture, whatever the last one was sent.
+        again: list[dict] = []
+
+        async def send_again(text: str) -> None:
+            again.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(send_again, lambda: dict(state)))
+        try:
+            reporter.mark_dirty()
+            await until_sent(again, 1)
+            assert again == [{"ready": False}]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
