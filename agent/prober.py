@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # A check that the runtime has not answered this long after its own timeout counts as failed.
 CHECK_SLACK = 10.0
+# How long the status reporter may hold a frame for a just-started container's first
+# readiness verdict (agent/reporter.py): about what one check of a local container takes.
+FIRST_VERDICT_WAIT = 0.05
 
 
 class Prober:
@@ -45,6 +48,8 @@ class Prober:
         self._views: dict[str, ContainerProbes] = {}
         self._specs: dict[str, tuple[Probe | None, Probe | None]] = {}
         self._tasks: dict[tuple[str, ProbeKind], asyncio.Task[None]] = {}
+        # Containers whose first readiness verdict is awaited at once, until when (clock).
+        self._first_verdicts: dict[str, float] = {}
 
     @property
     def views(self) -> Mapping[str, ContainerProbes]:
@@ -65,6 +70,18 @@ class Prober:
             self._track(container, replica)
         for container_id in [cid for cid in self._views if cid not in seen]:
             self._forget(container_id)
+
+    def first_verdicts_due(self) -> float | None:
+        """Seconds for which the soonest first readiness verdict is still awaited, or None.
+
+        A container with a readiness probe and no initial delay is checked as soon as it is
+        tracked; its verdict is "due" for FIRST_VERDICT_WAIT seconds after that, so that the
+        status frame saying it runs can say whether it is ready too.
+        """
+        now = self._clock()
+        for container_id in [c for c, until in self._first_verdicts.items() if until <= now]:
+            del self._first_verdicts[container_id]
+        return min(self._first_verdicts.values()) - now if self._first_verdicts else None
 
     def close(self) -> None:
         for container_id in list(self._views):
@@ -90,6 +107,8 @@ class Prober:
             )
             self._views[container.id] = view
             self._specs[container.id] = spec
+            if readiness is not None and readiness.initial_delay_seconds == 0:
+                self._first_verdicts[container.id] = now + FIRST_VERDICT_WAIT
             for kind, probe in ((ProbeKind.READINESS, readiness), (ProbeKind.LIVENESS, liveness)):
                 if probe is not None:
                     self._tasks[(container.id, kind)] = asyncio.get_running_loop().create_task(
@@ -99,6 +118,7 @@ class Prober:
             self._views[container.id] = replace(view, health=container.health, health_since=now)
 
     def _forget(self, container_id: str) -> None:
+        self._first_verdicts.pop(container_id, None)
         self._views.pop(container_id, None)
         self._specs.pop(container_id, None)
         for kind in ProbeKind:
@@ -125,6 +145,7 @@ class Prober:
             view = self._views[container_id]
             if kind == ProbeKind.READINESS:
                 self._views[container_id] = replace(view, readiness=state)
+                self._first_verdicts.pop(container_id, None)
             else:
                 self._views[container_id] = replace(view, liveness=state)
             if _shown(state) != _shown(current):

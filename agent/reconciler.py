@@ -123,6 +123,11 @@ class Reconciler:
         self._changed()
         return True
 
+    def first_verdicts_due(self) -> float | None:
+        """Seconds for which a just-started container's first readiness verdict is still
+        awaited, or None (the status reporter holds a frame that long for it)."""
+        return self._prober.first_verdicts_due()
+
     @property
     def ready(self) -> bool:
         """True once the engine has been listed: before that, nothing is known about containers."""

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 
-from realhosts import PRODUCTION_TIMINGS, real_cluster
+from realhosts import PRODUCTION_SETTINGS, PRODUCTION_TIMINGS, real_cluster
 
 from tests.harness.waiting import wait_for
 
@@ -126,7 +126,8 @@ def main() -> None:
     args = parser.parse_args()
     global TRACE
     TRACE = args.trace
-    with real_cluster(["h1", "h2"], env=PRODUCTION_TIMINGS, log=log) as (plane, hosts):
+    env = {**PRODUCTION_TIMINGS, **PRODUCTION_SETTINGS}
+    with real_cluster(["h1", "h2"], env=env, log=log) as (plane, hosts):
         singles, rollouts = [], []
         single(plane.api)  # warm-up: image cache, connections
         for i in range(args.runs):

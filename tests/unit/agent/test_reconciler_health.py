@@ -8,10 +8,13 @@ these tests use failure thresholds of 1 and probes that are due at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 
 from agent.probes import Exec, HttpGet, Probe
 from agent.reconciler import Reconciler
 from agent.replicas import ContainerState, Health, RestartPolicy
+from agent.reporter import StatusReporter
 from agent.runtime.fake import FakeRuntime
 from agent.status import Phase
 from tests.unit.agent.builders import NODE, want
@@ -168,5 +171,59 @@ def test_a_replaced_container_is_probed_from_the_start():
             await until(lambda: status_of(reconciler, "a").phase == Phase.RUNNING, "the new a Running")
             assert not status_of(reconciler, "a").ready  # its own probe has not passed
             assert [c.state for c in fake.containers()] == [ContainerState.RUNNING]
+
+    asyncio.run(scenario())
+
+
+class SlowProbes(FakeRuntime):
+    """A fake engine whose probes take a little while, like a real check does."""
+
+    async def probe(self, container_id, handler, timeout):
+        await asyncio.sleep(0.02)
+        return await super().probe(container_id, handler, timeout)
+
+
+def test_a_started_container_is_reported_with_its_first_readiness_verdict():
+    """The frame saying a replica runs also says whether it is ready: no "running, not ready"
+    frame followed by a "ready" one (a report and a controller pass each) a moment later."""
+
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.05)
+        fake = SlowProbes(NODE, images=[IMAGE], latency=0.04)  # create + start: past the debounce
+        reconciler = Reconciler(fake, NODE, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
+        reporter.hold = reconciler.first_verdicts_due  # as agent/daemon.py wires them
+        frames: list[dict] = []
+
+        async def send(text: str) -> None:
+            frames.append(json.loads(text))
+
+        def snapshot() -> dict:
+            return {s.name: [s.phase, s.ready, s.message] for s in reconciler.statuses()}
+
+        async with running(reconciler):
+            sender = asyncio.create_task(reporter.run(send, snapshot, lambda: reconciler.ready))
+            try:
+                reconciler.apply_desired(1, [want("a", readiness_probe=READINESS)])
+                await until(lambda: frames and frames[-1].get("a", [None, False])[1], "a frame with a ready")
+                running_frames = [f["a"] for f in frames if f.get("a", [None])[0] == Phase.RUNNING]
+                assert running_frames[0] == [Phase.RUNNING, True, ""], frames
+
+                fake.fail_probes("default_b", "connection refused")
+                reconciler.apply_desired(
+                    2, [want("a", readiness_probe=READINESS), want("b", readiness_probe=READINESS)]
+                )
+                await until(lambda: frames[-1].get("b", [None])[0] == Phase.RUNNING, "b reported Running")
+                await asyncio.sleep(0.1)
+                running_frames = [f["b"] for f in frames if f.get("b", [None])[0] == Phase.RUNNING]
+                # Its first (failed) verdict came with it: why it is not ready, from the first frame on.
+                assert running_frames[0] == [
+                    Phase.RUNNING,
+                    False,
+                    "readiness probe failed: HTTP GET :8080/healthz: connection refused",
+                ], frames
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
 
     asyncio.run(scenario())

@@ -57,3 +57,108 @@ def test_wait_sent_does_not_wait_without_a_connection_or_past_its_timeout():
                 await task
 
     asyncio.run(scenario())
+
+
+def test_a_frame_waits_for_news_that_is_due_and_carries_it():
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.05)
+        state = {"phase": "Running", "ready": False}
+        due = {"verdict": True}
+        reporter.hold = lambda: 1.0 if due["verdict"] else None
+        sent: list[dict] = []
+
+        async def send(text: str) -> None:
+            sent.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
+        try:
+            reporter.mark_dirty()  # it runs; its first readiness check is under way
+            await asyncio.sleep(0.02)
+            assert sent == []  # held for the verdict
+            state["ready"], due["verdict"] = True, False
+            reporter.mark_dirty()
+            await until_sent(sent, 1)
+            await asyncio.sleep(0.08)
+            assert sent == [{"phase": "Running", "ready": True}]  # one frame, with the verdict
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_a_frame_waits_for_due_news_no_longer_than_the_debounce_interval():
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.05)
+        reporter.hold = lambda: 10.0  # news always "due": it must not hold frames back for long
+        sent: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def send(text: str) -> None:
+            sent.append(loop.time())
+
+        task = asyncio.create_task(reporter.run(send, dict))
+        try:
+            started = loop.time()
+            reporter.mark_dirty()
+            await until_sent(sent, 1)
+            assert 0.04 <= sent[0] - started < 0.5
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+
+
+async def until_sent(sent: list, count: int, timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(sent) < count:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {count} frame(s); sent: {sent}")
+        await asyncio.sleep(0.002)
+
+
+def test_a_frame_the_same_as_the_last_one_sent_is_not_sent_again():
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.01)
+        state = {"ready": True}
+        sent: list[dict] = []
+
+        async def send(text: str) -> None:
+            sent.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
+        try:
+            reporter.mark_dirty()
+            await until_sent(sent, 1)
+            reporter.mark_dirty()  # marked, but nothing the frame shows changed
+            await asyncio.wait_for(reporter.wait_sent(timeout=5), 1)  # a waiter is not kept waiting
+            state["ready"] = False
+            reporter.mark_dirty()
+            await until_sent(sent, 2)
+            await asyncio.sleep(0.05)
+            assert sent == [{"ready": True}, {"ready": False}]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        # A new connection starts with a full picture, whatever the last one was sent.
+        again: list[dict] = []
+
+        async def send_again(text: str) -> None:
+            again.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(send_again, lambda: dict(state)))
+        try:
+            reporter.mark_dirty()
+            await until_sent(again, 1)
+            assert again == [{"ready": False}]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
