@@ -101,7 +101,8 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         # Not locked: the deployment's lock keeps other passes out, and agents' reports (which
         # write only what they observe, and never to a Terminating replica) need not wait
         # for a pass. What a report changes meanwhile asks for another pass.
-        rows = {r.name: r for r in deployment.replica_set.order_by("pk")}
+        # The template (JSON) is read only when an old revision's must be copied.
+        rows = {r.name: r for r in deployment.replica_set.defer("template").order_by("pk")}
         spec = placement_spec(deployment)
         nodes = _nodes_of(rows.values())
         evicted, recheck_in = _evict(spec, rows, nodes, now)
