@@ -47,6 +47,9 @@ def reconcile_deployment(deployment_id: int) -> None:
 
 # Requested passes wait in a Redis set; one task at a time takes up to BATCH of them.
 _PENDING = "berth:reconcile-pending"
+# Passes asked for by agents' reports (a replica's state moved): taken after the others, so
+# that under load new and changed deployments are placed before statuses are refreshed.
+_OBSERVED = "berth:reconcile-observed"
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
 BATCH = 200
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
@@ -65,7 +68,7 @@ def request_reconcile(deployment_id: int) -> None:
     request_reconciles([deployment_id])
 
 
-def request_reconciles(deployment_ids, *, force: bool = False) -> None:
+def request_reconciles(deployment_ids, *, force: bool = False, observed: bool = False) -> None:
     """Ask for a pass over these deployments. They join a set that the next batch task
     takes: a burst of changes (agent reports, API calls, a resync of every deployment)
     makes one pass per deployment in as few tasks as there are batches, sharing one
@@ -76,14 +79,15 @@ def request_reconciles(deployment_ids, *, force: bool = False) -> None:
     Called after a commit: if Redis is down the change is saved all the same, so this logs
     rather than fails the caller; the resync after Redis is back picks the deployment up.
     `force` queues a batch task even if the mark says one is queued (the resync: the task
-    may have been lost with a killed worker, its mark left behind).
+    may have been lost with a killed worker, its mark left behind). `observed`: the request
+    comes from what agents observed, and waits behind the others.
     """
     ids = sorted(set(deployment_ids))
     if not ids:
         return
     try:
         marks = _queued_marks()
-        marks.sadd(_PENDING, *ids)
+        marks.sadd(_OBSERVED if observed else _PENDING, *ids)
         _queue_batch(marks, force=force)
     except REDIS_ERRORS as exc:
         shown = ", ".join(map(str, ids[:5])) + (" …" if len(ids) > 5 else "")
@@ -103,10 +107,14 @@ def reconcile_pending() -> None:
     marks = _queued_marks()
     # Cleared before taking any: a request from now on queues another batch.
     marks.delete(_BATCH_QUEUED)
-    taken = sorted(int(pk) for pk in marks.spop(_PENDING, BATCH) or ())
-    if not taken:
+    ids = set(marks.spop(_PENDING, BATCH) or ())
+    if len(ids) < BATCH:
+        ids.update(marks.spop(_OBSERVED, BATCH - len(ids)) or ())
+    if not ids:
         return
-    if marks.scard(_PENDING):
+    marks.srem(_OBSERVED, *ids)  # one pass each, whichever set asked
+    taken = sorted(int(pk) for pk in ids)
+    if marks.scard(_PENDING) or marks.scard(_OBSERVED):
         _queue_batch(marks)
     effects = Effects()
     done = 0

@@ -206,7 +206,7 @@ def _after_change(deployment_ids: set[int]) -> None:
     from orchestrator.tasks import request_reconciles
 
     notify_deployments(deployment_ids)
-    request_reconciles(deployment_ids)
+    request_reconciles(deployment_ids, observed=True)
 
 
 def place_waiting_replicas() -> None:
