@@ -30,7 +30,7 @@ from orchestrator.models import Deployment, Replica
 from orchestrator.scheduling.commit import claim_nodes
 from orchestrator.scheduling.model import NodeInfo, Taint
 from orchestrator.scheduling.placement import schedule
-from orchestrator.scheduling.snapshot import adopt_nodes, forget_nodes, take_snapshot
+from orchestrator.scheduling.snapshot import adopt_nodes, forget_nodes, rescan_nodes, take_snapshot
 from orchestrator.scheduling.spec import host_ports_of, placement_spec
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -146,8 +146,12 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
             if plan.create_revision and plan.create_revision != revision:
                 source = next(r for r in rows.values() if r.revision == plan.create_revision)
                 template, create_revision = source.template, source.revision
-            placed = _place(deployment, spec, create_revision, template, waiting, plan.create, rows, now)
+            placed, raced = _place(
+                deployment, spec, create_revision, template, waiting, plan.create, rows, now
+            )
             touched_nodes |= placed
+            if raced:
+                rechecks.append(RACE_RETRY_SECONDS)
             changed = True if (placed or plan.create) else changed
 
         status_changed, recheck_in, failure = _update_status(
@@ -279,19 +283,23 @@ def _evict(spec, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str],
 
 
 MAX_PLACEMENT_ROUNDS = 5
+# Replicas left waiting only because other schedulers won their nodes go again this soon.
+RACE_RETRY_SECONDS = 0.05
 
 
 def _place(
     deployment, spec, revision, template, waiting: list[Replica], create: int, rows: dict, now
-) -> set[int]:
+) -> tuple[set[int], bool]:
     """Place the waiting replicas and `create` new ones (of `revision`, running `template`).
     Each round schedules against a fresh snapshot and commits optimistically; the winners
     are written before the next round, so its snapshot counts them. Returns the nodes
-    placed on."""
+    placed on, and whether replicas are left waiting because other schedulers kept
+    winning their nodes (not for want of room): then another pass is due at once."""
     taken = set(rows)  # names of this deployment's replicas; others are checked when drawn
     placed_on: set[int] = set()
     committed: dict[int, NodeInfo] = {}  # node id -> the node as this pass leaves it
     reason = "placement lost to concurrent schedulers; retrying"
+    raced = False
     for _ in range(MAX_PLACEMENT_ROUNDS):
         wanted = len(waiting) + create
         if not wanted:
@@ -311,6 +319,9 @@ def _place(
             committed[node_id] = by_id[node_id]
         node_ids = [node_id for node_id in result.node_ids if node_id in won]
         placed_on |= won
+        raced = len(won) < len(set(result.node_ids))
+        if raced:
+            rescan_nodes()  # others are placing too: read every node's version again
         reason = result.reason or reason
         assigned, node_ids = waiting[: len(node_ids)], node_ids
         for replica, node_id in zip(assigned, node_ids, strict=False):
@@ -348,7 +359,7 @@ def _place(
     if stale or create:  # something new to say: more replicas waiting, or a new reason
         message = f"{pending} replica(s) pending: {reason}"
         record_event(deployment, "FailedScheduling", message, warning=True, now=now)
-    return placed_on
+    return placed_on, raced and pending > 0
 
 
 def _new_replica(deployment, revision, template, name, node_id, now, message="") -> Replica:

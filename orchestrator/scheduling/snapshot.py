@@ -150,6 +150,10 @@ class SnapshotCache:
                 self._nodes[node.id] = node
                 self._forgotten.discard(node.id)
 
+    def rescan(self) -> None:
+        """Scan every node's version at the next take, even within a batch."""
+        self._scanned = False
+
     @contextmanager
     def held(self):
         self._held, self._scanned = True, False
@@ -191,6 +195,10 @@ def take_snapshot(deployment_id: int | None = None, *, cached: bool = False) -> 
 
 def forget_nodes(node_ids=None) -> None:
     _local.cache.forget(node_ids)
+
+
+def rescan_nodes() -> None:
+    _local.cache.rescan()
 
 
 def adopt_nodes(nodes: list[NodeInfo]) -> None:

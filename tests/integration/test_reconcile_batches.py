@@ -152,3 +152,19 @@ def test_passes_agents_asked_for_wait_behind_the_others(ready_nodes, queued, mon
     assert sorted(passes) == sorted(d.pk for d in new)
     tasks.reconcile_pending()
     assert sorted(passes[2:]) == sorted(d.pk for d in observed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_replicas_that_lost_every_race_go_again_at_once(ready_nodes, monkeypatch):
+    """Other schedulers won every node this pass picked (injected): the replicas wait with
+    that reason, and the pass asks to run again at once rather than at the next resync."""
+    ready_nodes("h1", "h2")
+    web = create("web", 2)
+    monkeypatch.setattr(controller, "claim_nodes", lambda read_versions: set())
+    assert controller.reconcile_deployment(web.pk) == controller.RACE_RETRY_SECONDS
+    assert set(Replica.objects.values_list("node", "message")) == {
+        (None, "placement lost to concurrent schedulers; retrying")
+    }
+    monkeypatch.undo()
+    assert controller.reconcile_deployment(web.pk) is None
+    assert Replica.objects.filter(node__isnull=False).count() == 2
