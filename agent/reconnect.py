@@ -8,23 +8,42 @@ agent knock at the same instants.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
+
+# After a healthy session ends, the next attempts stay within this ceiling for this long:
+# the control plane restarting (a deploy, a crash) is back within seconds, and a node whose
+# agent waited out a long draw would turn NotReady after the heartbeat grace for nothing.
+# A refused connection costs the server little; past the window, the usual back-off.
+FAST_CEILING_SECONDS = 1.0
+FAST_WINDOW_SECONDS = 10.0
 
 
 class ReconnectDelay:
-    """Delays base, 2*base, 4*base, ... capped at `cap`, each drawn uniformly below its ceiling."""
+    """Delays base, 2*base, 4*base, ... capped at `cap`, each drawn uniformly below its ceiling;
+    within FAST_WINDOW_SECONDS of a reset (a healthy session just ended), at most
+    FAST_CEILING_SECONDS."""
 
     def __init__(
-        self, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] = random.random
+        self,
+        base: float = 0.5,
+        cap: float = 30.0,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base = base
         self.cap = cap
         self._rng = rng
+        self._clock = clock
         self._attempt = 0
+        self._fast_until = float("-inf")
 
     def ceiling(self) -> float:
         """The upper bound of the next delay."""
-        return min(self.cap, self.base * 2 ** min(self._attempt, 32))
+        ceiling = min(self.cap, self.base * 2 ** min(self._attempt, 32))
+        if self._clock() < self._fast_until:
+            ceiling = min(ceiling, FAST_CEILING_SECONDS)
+        return ceiling
 
     def next(self) -> float:
         delay = self._rng() * self.ceiling()
@@ -34,3 +53,4 @@ class ReconnectDelay:
     def reset(self) -> None:
         """Called after a healthy session, so the next outage starts with short delays again."""
         self._attempt = 0
+        self._fast_until = self._clock() + FAST_WINDOW_SECONDS

@@ -17,3 +17,18 @@ def test_full_jitter_stays_below_the_ceiling():
     for _ in range(200):
         ceiling = delay.ceiling()
         assert 0 <= delay.next() <= ceiling
+
+
+def test_right_after_a_healthy_session_delays_stay_short_then_back_off():
+    """A control-plane restart: the agent keeps knocking at most a second apart for the first
+    seconds (so its node does not outlive the heartbeat grace), then backs off as usual."""
+    now = [100.0]
+    delay = ReconnectDelay(base=0.5, cap=30.0, rng=lambda: 1.0, clock=lambda: now[0])
+    delay.reset()  # a healthy session just ended
+    short = []
+    for _ in range(6):
+        short.append(delay.next())
+        now[0] += short[-1]
+    assert short == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    now[0] += 10
+    assert delay.next() == 30.0  # past the window: the ceiling the attempts have reached
