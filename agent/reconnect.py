@@ -11,17 +11,17 @@ import random
 import time
 from collections.abc import Callable
 
-# After a healthy session ends, the next attempts stay within this ceiling for this long:
-# the control plane restarting (a deploy, a crash) is back within seconds, and a node whose
-# agent waited out a long draw would turn NotReady after the heartbeat grace for nothing.
-# A refused connection costs the server little; past the window, the usual back-off.
+# After a session the server welcomed ends, the next attempts stay within this ceiling for
+# this long: the control plane restarting (a deploy, a crash) is back within seconds, and a
+# node whose agent waited out a long draw would turn NotReady after the heartbeat grace for
+# nothing. A refused connection costs the server little; past the window, the usual back-off.
 FAST_CEILING_SECONDS = 1.0
 FAST_WINDOW_SECONDS = 10.0
 
 
 class ReconnectDelay:
     """Delays base, 2*base, 4*base, ... capped at `cap`, each drawn uniformly below its ceiling;
-    within FAST_WINDOW_SECONDS of a reset (a healthy session just ended), at most
+    within FAST_WINDOW_SECONDS of a reset or hurry (a welcomed session just ended), at most
     FAST_CEILING_SECONDS."""
 
     def __init__(
@@ -53,4 +53,9 @@ class ReconnectDelay:
     def reset(self) -> None:
         """Called after a healthy session, so the next outage starts with short delays again."""
         self._attempt = 0
+        self.hurry()
+
+    def hurry(self) -> None:
+        """The server was up a moment ago (it welcomed us): keep the next delays short for a
+        while, without forgetting how many attempts failed before."""
         self._fast_until = self._clock() + FAST_WINDOW_SECONDS

@@ -58,6 +58,7 @@ class Outcome(enum.Enum):
     HEALTHY = "healthy"
     FAILED = "failed"
     REFUSED = "refused"  # the credential was refused at the handshake
+    WELCOMED = "welcomed"  # welcomed, but ended before it counted as healthy
 
 
 class Session:
@@ -88,6 +89,8 @@ class Session:
             outcome = await self._connect(credential)
             if outcome is Outcome.HEALTHY:
                 self._delay.reset()
+            elif outcome is Outcome.WELCOMED:
+                self._delay.hurry()  # the server is there: a restart, not an outage
             elif outcome is Outcome.REFUSED and not await self._after_refusal():
                 continue  # _after_refusal already waited
             wait = self._delay.next()
@@ -210,7 +213,7 @@ class Session:
         log.info("disconnected from %s: %s", url, reason)
         if welcomed_at is not None and time.monotonic() - welcomed_at >= HEALTHY_AFTER:
             return Outcome.HEALTHY
-        return Outcome.FAILED
+        return Outcome.FAILED if welcomed_at is None else Outcome.WELCOMED
 
     def _on_desired(self, frame: DesiredSet) -> None:
         previous = self._reconciler.generation

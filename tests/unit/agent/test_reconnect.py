@@ -32,3 +32,14 @@ def test_right_after_a_healthy_session_delays_stay_short_then_back_off():
     assert short == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
     now[0] += 10
     assert delay.next() == 30.0  # past the window: the ceiling the attempts have reached
+
+
+def test_a_short_welcomed_session_keeps_delays_short_without_forgetting_failures():
+    now = [0.0]
+    delay = ReconnectDelay(base=0.5, cap=30.0, rng=lambda: 1.0, clock=lambda: now[0])
+    assert [delay.next() for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]  # failures before
+    now[0] = 100.0
+    delay.hurry()  # welcomed, then closed at once (a restart)
+    assert delay.next() == 1.0
+    now[0] = 200.0
+    assert delay.next() == 16.0  # the back-off went on counting (sixth attempt)
