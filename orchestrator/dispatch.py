@@ -7,6 +7,8 @@ the newer set; the agent ignores anything older than what it has applied.
 """
 
 import logging
+import threading
+from collections import OrderedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -32,18 +34,57 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
             )
             generations = dict(cursor.fetchall())
         replicas: dict[int, list[dict]] = {node_id: [] for node_id in generations}
-        rows = (
+        rows = list(
             Replica.objects.filter(node_id__in=list(generations))
             .exclude(phase=Replica.Phase.TERMINATING)
             .order_by("pk")
-            .values_list("node_id", "name", "namespace__name", "deployment__name", "revision", "template")
+            .values_list("node_id", "pk")
         )
-        for node_id, *values in rows:
-            replicas[node_id].append(desired_entry(*values))
+        entries = _entries.get_many([pk for _, pk in rows])
+        for node_id, pk in rows:
+            if pk in entries:
+                replicas[node_id].append(entries[pk])
     return [
         (node_id, {"type": "desired", "generation": generations[node_id], "replicas": replicas[node_id]})
         for node_id in sorted(generations)
     ]
+
+
+class EntryCache:
+    """Replicas' desired entries, kept by primary key: what an entry holds (name, namespace,
+    deployment name, revision, template) never changes once the replica exists (a new
+    template makes new replicas), so a node's frame is sent again without reading and
+    decoding every template on it. Least recently used entries go beyond `size`."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, dict] = OrderedDict()
+        self._lock = threading.Lock()  # a web process dispatches from several threads
+
+    def get_many(self, pks: list[int]) -> dict[int, dict]:
+        found: dict[int, dict] = {}
+        with self._lock:
+            for pk in pks:
+                entry = self._entries.get(pk)
+                if entry is not None:
+                    self._entries.move_to_end(pk)
+                    found[pk] = entry
+        missing = [pk for pk in pks if pk not in found]
+        read: dict[int, dict] = {}
+        for start in range(0, len(missing), 5000):
+            rows = Replica.objects.filter(pk__in=missing[start : start + 5000]).values_list(
+                "pk", "name", "namespace__name", "deployment__name", "revision", "template"
+            )
+            read.update((pk, desired_entry(*values)) for pk, *values in rows)
+        with self._lock:
+            self._entries.update(read)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        found.update(read)  # a replica deleted meanwhile is in neither: not in the set
+        return found
+
+
+_entries = EntryCache()
 
 
 def desired_set(node_id: int) -> dict | None:

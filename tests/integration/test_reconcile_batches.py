@@ -168,3 +168,22 @@ def test_replicas_that_lost_every_race_go_again_at_once(ready_nodes, monkeypatch
     monkeypatch.undo()
     assert controller.reconcile_deployment(web.pk) is None
     assert Replica.objects.filter(node__isnull=False).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_node_sent_its_set_again_reads_no_template_again(ready_nodes, django_assert_max_num_queries):
+    from orchestrator.dispatch import desired_sets
+
+    (h1,) = ready_nodes("h1")
+    web = create("web", 3)
+    controller.reconcile_deployment(web.pk)
+    (first,) = desired_sets([h1.pk])
+    # BEGIN, lock, generation, the replicas' keys, COMMIT: their entries come from the cache
+    with django_assert_max_num_queries(5) as captured:
+        (again,) = desired_sets([h1.pk])
+    assert not [q for q in captured.captured_queries if "template" in q["sql"]]
+    assert again[1]["replicas"] == first[1]["replicas"]
+    assert again[1]["generation"] == first[1]["generation"] + 1
+    assert sorted(e["name"] for e in again[1]["replicas"]) == sorted(
+        Replica.objects.values_list("name", flat=True)
+    )
