@@ -9,27 +9,35 @@ import json
 from agent.reporter import StatusReporter
 
 
+@contextlib.asynccontextmanager
+async def serving(reporter: StatusReporter, snapshot, send=None):
+    """The reporter serving one connection; yields the frames it sent, decoded (unless
+    `send` is given)."""
+    sent: list = []
+
+    async def record(text: str) -> None:
+        sent.append(json.loads(text))
+
+    task = asyncio.create_task(reporter.run(send or record, snapshot))
+    try:
+        yield sent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def test_wait_sent_returns_once_a_frame_with_the_change_was_sent():
     async def scenario():
         reporter = StatusReporter(min_interval=0.05)
         state = {"ready": True}
-        sent: list[dict] = []
-
-        async def send(text: str) -> None:
-            sent.append(json.loads(text))
-
-        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
-        try:
+        async with serving(reporter, lambda: dict(state)) as sent:
             reporter.mark_dirty()
             await asyncio.sleep(0.01)
             state["ready"] = False
             reporter.mark_dirty()
             await asyncio.wait_for(reporter.wait_sent(timeout=5), 1)
             assert sent[-1] == {"ready": False}  # what the waiter waited for is out
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
 
@@ -43,18 +51,13 @@ def test_wait_sent_does_not_wait_without_a_connection_or_past_its_timeout():
         async def stuck(text: str) -> None:
             await asyncio.sleep(10)
 
-        task = asyncio.create_task(reporter.run(stuck, dict))
-        try:
+        async with serving(reporter, dict, send=stuck):
             await asyncio.sleep(0.01)
             reporter.mark_dirty()
             loop = asyncio.get_running_loop()
             started = loop.time()
             await reporter.wait_sent(timeout=0.2)
             assert 0.15 <= loop.time() - started < 1
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
 
@@ -65,13 +68,7 @@ def test_a_frame_waits_for_news_that_is_due_and_carries_it():
         state = {"phase": "Running", "ready": False}
         due = {"verdict": True}
         reporter.hold = lambda: 1.0 if due["verdict"] else None
-        sent: list[dict] = []
-
-        async def send(text: str) -> None:
-            sent.append(json.loads(text))
-
-        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
-        try:
+        async with serving(reporter, lambda: dict(state)) as sent:
             reporter.mark_dirty()  # it runs; its first readiness check is under way
             await asyncio.sleep(0.02)
             assert sent == []  # held for the verdict
@@ -80,10 +77,6 @@ def test_a_frame_waits_for_news_that_is_due_and_carries_it():
             await until_sent(sent, 1)
             await asyncio.sleep(0.08)
             assert sent == [{"phase": "Running", "ready": True}]  # one frame, with the verdict
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
 
@@ -98,16 +91,11 @@ def test_a_frame_waits_for_due_news_no_longer_than_the_debounce_interval():
         async def send(text: str) -> None:
             sent.append(loop.time())
 
-        task = asyncio.create_task(reporter.run(send, dict))
-        try:
+        async with serving(reporter, dict, send=send):
             started = loop.time()
             reporter.mark_dirty()
             await until_sent(sent, 1)
             assert 0.04 <= sent[0] - started < 0.5
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
 
@@ -124,13 +112,7 @@ def test_a_frame_the_same_as_the_last_one_sent_is_not_sent_again():
     async def scenario():
         reporter = StatusReporter(min_interval=0.01)
         state = {"ready": True}
-        sent: list[dict] = []
-
-        async def send(text: str) -> None:
-            sent.append(json.loads(text))
-
-        task = asyncio.create_task(reporter.run(send, lambda: dict(state)))
-        try:
+        async with serving(reporter, lambda: dict(state)) as sent:
             reporter.mark_dirty()
             await until_sent(sent, 1)
             reporter.mark_dirty()  # marked, but nothing the frame shows changed
@@ -140,25 +122,11 @@ def test_a_frame_the_same_as_the_last_one_sent_is_not_sent_again():
             await until_sent(sent, 2)
             await asyncio.sleep(0.05)
             assert sent == [{"ready": True}, {"ready": False}]
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
         # A new connection starts with a full picture, whatever the last one was sent.
-        again: list[dict] = []
-
-        async def send_again(text: str) -> None:
-            again.append(json.loads(text))
-
-        task = asyncio.create_task(reporter.run(send_again, lambda: dict(state)))
-        try:
+        async with serving(reporter, lambda: dict(state)) as again:
             reporter.mark_dirty()
             await until_sent(again, 1)
             assert again == [{"ready": False}]
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     asyncio.run(scenario())
