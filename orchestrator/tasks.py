@@ -96,7 +96,13 @@ def request_reconciles(deployment_ids, *, force: bool = False, observed: bool = 
 
 def _queue_batch(marks, *, force: bool = False) -> None:
     if marks.set(_BATCH_QUEUED, 1, nx=not force, ex=60):
-        reconcile_pending.delay()
+        try:
+            reconcile_pending.delay()
+        except REDIS_ERRORS:
+            # No task went out: the mark must not hold back the next request for a minute.
+            with contextlib.suppress(*REDIS_ERRORS):
+                marks.delete(_BATCH_QUEUED)
+            raise
 
 
 @shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)

@@ -1,6 +1,7 @@
 """Requested reconciles fold into batches: one task places many deployments against one
 snapshot scan and sends each node one desired set (orchestrator.tasks.reconcile_pending)."""
 
+import kombu.exceptions
 import pytest
 from django.db import OperationalError
 
@@ -187,3 +188,23 @@ def test_a_node_sent_its_set_again_reads_no_template_again(ready_nodes, django_a
     assert sorted(e["name"] for e in again[1]["replicas"]) == sorted(
         Replica.objects.values_list("name", flat=True)
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_could_not_be_queued_leaves_no_mark_behind(ready_nodes, queued, monkeypatch, caplog):
+    """The broker refused the task (it is restarting): the next request queues one, rather
+    than trusting a mark for a task that never went out."""
+    ready_nodes("h1")
+    web = create("web", 1)
+    queued.clear()
+    tasks._queued_marks().delete(tasks._BATCH_QUEUED)
+
+    def refused():
+        raise kombu.exceptions.OperationalError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(tasks.reconcile_pending, "delay", refused)
+    tasks.request_reconcile(web.pk)
+    assert "could not queue a reconcile" in caplog.text
+    monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: queued.append(1))
+    tasks.request_reconcile(web.pk)
+    assert queued == [1]
