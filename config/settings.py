@@ -152,9 +152,14 @@ CHANNEL_LAYERS = {
         # WebSocket is dropped after 5 s (redis-py's default timeout is also 5 s).
         # redis-py's pools raise past 100 connections rather than wait: thousands of agents
         # joining groups at once need more.
+        # The capacity bounds a whole web process's inbox, not one consumer's: channels_redis
+        # keeps one Redis key per process for all its consumers, and drops (with only an INFO
+        # line) what arrives past the bound. A dispatch to thousands of nodes puts one frame
+        # in for each agent the process serves, so the bound must outnumber its agents; what
+        # a process never reads expires after `expiry`.
         "CONFIG": {
             "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
-            "capacity": 1000,
+            "capacity": 100_000,
             "expiry": 30,
         },
     }

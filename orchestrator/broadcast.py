@@ -4,6 +4,8 @@ re-reads what its user may see, so nothing is sent to a viewer it should not rea
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from orchestrator.publish import group_send_many
+
 CLUSTER_GROUP = "cluster"
 
 
@@ -12,10 +14,8 @@ def deployment_group(deployment_id: int) -> str:
 
 
 def notify_deployments(deployment_ids) -> None:
-    layer = get_channel_layer()
-    for deployment_id in set(deployment_ids):
-        async_to_sync(layer.group_send)(deployment_group(deployment_id), {"type": "state.changed"})
-    async_to_sync(layer.group_send)(CLUSTER_GROUP, {"type": "state.changed"})
+    groups = [deployment_group(pk) for pk in sorted(set(deployment_ids))] + [CLUSTER_GROUP]
+    group_send_many((group, {"type": "state.changed"}) for group in groups)
 
 
 def notify_cluster() -> None:

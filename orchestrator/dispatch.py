@@ -10,11 +10,10 @@ import logging
 import threading
 from collections import OrderedDict
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
 from orchestrator.models import Replica, desired_entry
+from orchestrator.publish import group_send_many
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,7 @@ def dispatch_nodes(node_ids) -> None:
     frames = desired_sets(node_ids)
     if not frames:
         return
-
-    async def publish():
-        layer = get_channel_layer()
-        for node_id, frame in frames:
-            await layer.group_send(f"node.{node_id}", {"type": "desired.push", "frame": frame})
-
-    async_to_sync(publish)()
+    group_send_many(
+        (f"node.{node_id}", {"type": "desired.push", "frame": frame}) for node_id, frame in frames
+    )
     log.info("dispatched desired sets to %d node(s)", len(frames))

@@ -51,7 +51,10 @@ _PENDING = "berth:reconcile-pending"
 # that under load new and changed deployments are placed before statuses are refreshed.
 _OBSERVED = "berth:reconcile-observed"
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
-BATCH = 200
+# Small enough that a burst spreads over every pool process (a batch that finds more
+# waiting queues another at once): with 200, one process took a whole burst of new
+# deployments while the others idled.
+BATCH = 20
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
 DISPATCH_EVERY_SECONDS = 0.5
 _marks = None
@@ -160,6 +163,9 @@ def place_waiting_replicas() -> None:
 # with Redis). Sending the set again costs one frame; the agent ignores what it has applied.
 UNDELIVERED_PLACEMENT = timedelta(seconds=5)
 UNDELIVERED_STOP = timedelta(seconds=60)
+# How often beat looks for such nodes (frames can be lost: a worker killed between commit
+# and publish, Redis restarting, a web process's inbox over the channel layer's capacity).
+RESEND_CHECK_SECONDS = 5.0
 
 
 def nodes_to_resend(now=None) -> list[int]:
@@ -174,6 +180,23 @@ def nodes_to_resend(now=None) -> list[int]:
     return sorted(behind | set(unacknowledged.values_list("node_id", flat=True).distinct()))
 
 
+def _resend_undelivered() -> None:
+    stale = nodes_to_resend()
+    if stale:
+        log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
+        dispatch_nodes(stale)
+
+
+@shared_task(name="orchestrator.resend_undelivered", ignore_result=True, expires=RESEND_CHECK_SECONDS)
+def resend_undelivered() -> None:
+    """Every RESEND_CHECK_SECONDS: send the desired set again to Ready nodes that may have
+    missed theirs, so a lost frame costs seconds, not a resync period."""
+    try:
+        _resend_undelivered()
+    except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
+        log.warning("check for undelivered desired sets skipped: %s", exc)
+
+
 @shared_task(name="orchestrator.resync", ignore_result=True, expires=60)
 def resync() -> None:
     """The periodic safety net: reconcile every deployment, and resend the desired set to
@@ -182,9 +205,6 @@ def resync() -> None:
     tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
     try:
         request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True)
-        stale = nodes_to_resend()
-        if stale:
-            log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
-            dispatch_nodes(stale)
+        _resend_undelivered()
     except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
         log.warning("resync skipped (the next one runs in %g s): %s", settings.RESYNC_INTERVAL_SECONDS, exc)
