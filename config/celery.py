@@ -25,11 +25,6 @@ def _schedule_loops(sender, **kwargs):
     sender.add_periodic_task(
         settings.RESYNC_INTERVAL_SECONDS, sender.signature("orchestrator.resync"), name="resync"
     )
-    from orchestrator.tasks import RESEND_CHECK_SECONDS
-
-    sender.add_periodic_task(
-        RESEND_CHECK_SECONDS, sender.signature("orchestrator.resend_undelivered"), name="resend undelivered"
-    )
 
 
 @worker_ready.connect

@@ -163,9 +163,6 @@ def place_waiting_replicas() -> None:
 # with Redis). Sending the set again costs one frame; the agent ignores what it has applied.
 UNDELIVERED_PLACEMENT = timedelta(seconds=5)
 UNDELIVERED_STOP = timedelta(seconds=60)
-# How often beat looks for such nodes (frames can be lost: a worker killed between commit
-# and publish, Redis restarting, a web process's inbox over the channel layer's capacity).
-RESEND_CHECK_SECONDS = 5.0
 
 
 def nodes_to_resend(now=None) -> list[int]:
@@ -180,23 +177,6 @@ def nodes_to_resend(now=None) -> list[int]:
     return sorted(behind | set(unacknowledged.values_list("node_id", flat=True).distinct()))
 
 
-def _resend_undelivered() -> None:
-    stale = nodes_to_resend()
-    if stale:
-        log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
-        dispatch_nodes(stale)
-
-
-@shared_task(name="orchestrator.resend_undelivered", ignore_result=True, expires=RESEND_CHECK_SECONDS)
-def resend_undelivered() -> None:
-    """Every RESEND_CHECK_SECONDS: send the desired set again to Ready nodes that may have
-    missed theirs, so a lost frame costs seconds, not a resync period."""
-    try:
-        _resend_undelivered()
-    except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
-        log.warning("check for undelivered desired sets skipped: %s", exc)
-
-
 @shared_task(name="orchestrator.resync", ignore_result=True, expires=60)
 def resync() -> None:
     """The periodic safety net: reconcile every deployment, and resend the desired set to
@@ -205,6 +185,9 @@ def resync() -> None:
     tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
     try:
         request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True)
-        _resend_undelivered()
+        stale = nodes_to_resend()
+        if stale:
+            log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
+            dispatch_nodes(stale)
     except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
         log.warning("resync skipped (the next one runs in %g s): %s", settings.RESYNC_INTERVAL_SECONDS, exc)

@@ -229,29 +229,6 @@ def test_resync_resends_a_desired_set_a_dead_worker_never_sent():
     assert run(scenario) == []
 
 
-def test_a_lost_desired_set_is_sent_again_within_seconds(monkeypatch):
-    """Beat looks for undelivered sets every few seconds (not only at the 30 s resync): a
-    frame lost on the way costs the agent seconds."""
-    from config.celery import app
-
-    app.loader.import_default_modules()
-    interval = {entry["task"]: entry["schedule"] for entry in app.conf.beat_schedule.values()}
-    assert interval["orchestrator.resend_undelivered"] <= tasks.UNDELIVERED_PLACEMENT.total_seconds()
-
-    node, _ = enroll()
-    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, session=uuid.uuid4())
-    deployment = _deployment()
-    with mock.patch("orchestrator.controllers.deployment.dispatch_nodes"):  # the frame is lost
-        reconcile_deployment(deployment.pk)
-    sent = []
-    monkeypatch.setattr(tasks, "dispatch_nodes", sent.append)
-    tasks.resend_undelivered()
-    assert sent == []  # placed just now: the set may still be on its way
-    Replica.objects.update(scheduled_at=timezone.now() - tasks.UNDELIVERED_PLACEMENT - timedelta(seconds=1))
-    tasks.resend_undelivered()
-    assert sent == [[node.pk]]
-
-
 def test_a_dispatch_to_more_agents_than_the_inbox_bound_of_old_loses_none():
     """channels_redis bounds a whole web process's inbox (one Redis key for all its
     consumers), not one consumer's, and drops what arrives past the bound. A flush to
