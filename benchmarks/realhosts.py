@@ -23,13 +23,12 @@ from tests.harness.waiting import wait_for
 # The production defaults of config/settings.py (the test suite shortens them).
 PRODUCTION_TIMINGS = {"BERTH_NODE_GRACE_SECONDS": "10", "BERTH_AGENT_HEARTBEAT_SECONDS": "2"}
 # The control plane as it runs in production rather than with the test suite's settings: no
-# DEBUG (which records every query), database connections kept for reuse (the tests close
-# them after each use). Plain HTTP on the benchmark's private address.
+# DEBUG (which records every query), its default connection pool. Plain HTTP on the
+# benchmark's private address.
 PRODUCTION_SETTINGS = {
     "BERTH_DEBUG": "false",
     "BERTH_SSL_REDIRECT": "false",
     "BERTH_ALLOWED_HOSTS": "*",
-    "BERTH_DB_CONN_MAX_AGE": "60",
 }
 
 

@@ -529,10 +529,8 @@ def main() -> None:
     log("starting PostgreSQL and Redis")
     services = start_services()
     # The control plane runs as in production, not with the test suite's settings: no
-    # DEBUG (query logging), database connections kept for reuse.
-    os.environ.update(
-        BERTH_DEBUG="false", BERTH_SSL_REDIRECT="false", BERTH_ALLOWED_HOSTS="*", BERTH_DB_CONN_MAX_AGE="60"
-    )
+    # DEBUG (query logging); its connection pool is on (tests/harness/controlplane.py).
+    os.environ.update(BERTH_DEBUG="false", BERTH_SSL_REDIRECT="false", BERTH_ALLOWED_HOSTS="*")
     plane = BenchControlPlane(
         services,
         workers=args.workers,

@@ -128,16 +128,28 @@ TEMPLATES = [
 RUN_DIR = DATA_DIR / "run"
 _default_db = f"postgres://postgres@/berth?host={RUN_DIR}"
 DATABASE_URL = os.environ.get("DATABASE_URL") or _default_db
+# Connections come from a pool in each process (psycopg_pool, Django's "pool" option). Under
+# ASGI each request runs in a thread of its own, so a connection kept per thread
+# (CONN_MAX_AGE) is never reused: every API request opened one, several milliseconds of
+# PostgreSQL's CPU. BERTH_DB_POOL_SIZE=0 turns the pool off (then BERTH_DB_CONN_MAX_AGE applies).
+DB_POOL_SIZE = int(_env_float("BERTH_DB_POOL_SIZE", 10, minimum=0))
 try:
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
-            conn_max_age=int(_env_float("BERTH_DB_CONN_MAX_AGE", 60)),
+            conn_max_age=0 if DB_POOL_SIZE else int(_env_float("BERTH_DB_CONN_MAX_AGE", 60)),
             conn_health_checks=True,
         )
     }
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if DB_POOL_SIZE:
+    # A request waits at most `timeout` seconds for a free connection, then fails (500).
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DB_POOL_SIZE,
+        "timeout": 10,
+    }
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must name a PostgreSQL database (postgres://...).")
 

@@ -51,10 +51,13 @@ _PENDING = "berth:reconcile-pending"
 # that under load new and changed deployments are placed before statuses are refreshed.
 _OBSERVED = "berth:reconcile-observed"
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
-# Small enough that a burst spreads over every pool process (a batch that finds more
-# waiting queues another at once): with 200, one process took a whole burst of new
-# deployments while the others idled.
+# Passes others asked for (API, node changes): small batches, so that a burst spreads over
+# every pool process (a batch that finds more waiting queues another at once); with 200,
+# one process took a whole burst of new deployments while the others idled. A batch of
+# them is never topped up with passes agents asked for, which are taken (in bigger
+# batches: each is cheap) only when none of the others waits.
 BATCH = 20
+OBSERVED_BATCH = 200
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
 DISPATCH_EVERY_SECONDS = 0.5
 _marks = None
@@ -116,9 +119,7 @@ def reconcile_pending() -> None:
     marks = _queued_marks()
     # Cleared before taking any: a request from now on queues another batch.
     marks.delete(_BATCH_QUEUED)
-    ids = set(marks.spop(_PENDING, BATCH) or ())
-    if len(ids) < BATCH:
-        ids.update(marks.spop(_OBSERVED, BATCH - len(ids)) or ())
+    ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_OBSERVED, OBSERVED_BATCH) or ())
     if not ids:
         return
     marks.srem(_OBSERVED, *ids)  # one pass each, whichever set asked

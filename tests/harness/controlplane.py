@@ -68,6 +68,7 @@ class ControlPlane:
             REDIS_URL=services.redis_url(REDIS_DB),
             BERTH_DATA_DIR=str(self.dir / "data"),
         )
+        self.env.pop("BERTH_DB_POOL_SIZE", None)  # the pool, as deployed (off in the test process)
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_token = ""
         self.admin_password = ""

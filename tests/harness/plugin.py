@@ -25,9 +25,12 @@ from tests.harness.session import HarnessSession, sweep_stale_sessions
 TEST_TIMINGS = {
     "BERTH_NODE_GRACE_SECONDS": "6",
     "BERTH_AGENT_HEARTBEAT_SECONDS": "1",
-    # Connections close after each use: the agent consumer's pool threads would otherwise
-    # hold some open, and pytest-django could not drop its test database at the end.
+    # In the test process, connections close after each use: the agent consumer's pool
+    # threads would otherwise hold some open, and pytest-django could not drop its test
+    # database at the end. Control planes the harness starts run with the pool, as deployed
+    # (tests/harness/controlplane.py).
     "BERTH_DB_CONN_MAX_AGE": "0",
+    "BERTH_DB_POOL_SIZE": "0",
 }
 
 

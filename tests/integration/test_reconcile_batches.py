@@ -156,6 +156,24 @@ def test_passes_agents_asked_for_wait_behind_the_others(ready_nodes, queued, mon
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_batch_of_new_work_is_not_topped_up_with_passes_agents_asked_for(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    observed = [create(f"seen{i}", 0) for i in range(3)]
+    tasks._queued_marks().delete(tasks._PENDING)
+    tasks.request_reconciles([d.pk for d in observed], observed=True)
+    new = create("new", 1)
+    passes = []
+    real = tasks._reconcile_deployment
+    monkeypatch.setattr(
+        tasks, "_reconcile_deployment", lambda pk, effects: passes.append(pk) or real(pk, effects)
+    )
+    tasks.reconcile_pending()
+    assert passes == [new.pk]  # room for 19 more, but placing waits for no status pass
+    tasks.reconcile_pending()
+    assert sorted(passes[1:]) == sorted(d.pk for d in observed)  # then all of them at once
+
+
+@pytest.mark.django_db(transaction=True)
 def test_replicas_that_lost_every_race_go_again_at_once(ready_nodes, monkeypatch):
     """Other schedulers won every node this pass picked (injected): the replicas wait with
     that reason, and the pass asks to run again at once rather than at the next resync."""
