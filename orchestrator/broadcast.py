@@ -1,9 +1,6 @@
 """Telling browsers that something changed. Messages are pokes: each browser consumer
 re-reads what its user may see, so nothing is sent to a viewer it should not reach."""
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
 from orchestrator.publish import group_send_many
 
 CLUSTER_GROUP = "cluster"
@@ -19,4 +16,4 @@ def notify_deployments(deployment_ids) -> None:
 
 
 def notify_cluster() -> None:
-    async_to_sync(get_channel_layer().group_send)(CLUSTER_GROUP, {"type": "state.changed"})
+    group_send_many([(CLUSTER_GROUP, {"type": "state.changed"})])

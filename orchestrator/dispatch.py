@@ -37,53 +37,57 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
             Replica.objects.filter(node_id__in=list(generations))
             .exclude(phase=Replica.Phase.TERMINATING)
             .order_by("pk")
-            .values_list("node_id", "pk")
+            .values_list("node_id", "pk", "name", "namespace__name", "deployment__name", "revision")
         )
-        entries = _entries.get_many([pk for _, pk in rows])
-        for node_id, pk in rows:
-            if pk in entries:
-                replicas[node_id].append(entries[pk])
+        carriers: dict[str, list[int]] = {}
+        for row in rows:
+            carriers.setdefault(row[-1], []).append(row[1])
+        templates = _templates.get_many(carriers)
+        for node_id, _, name, namespace, deployment, revision in rows:
+            if revision in templates:  # else every replica of it was deleted meanwhile
+                entry = desired_entry(name, namespace, deployment, revision, templates[revision])
+                replicas[node_id].append(entry)
     return [
         (node_id, {"type": "desired", "generation": generations[node_id], "replicas": replicas[node_id]})
         for node_id in sorted(generations)
     ]
 
 
-class EntryCache:
-    """Replicas' desired entries, kept by primary key: what an entry holds (name, namespace,
-    deployment name, revision, template) never changes once the replica exists (a new
-    template makes new replicas), so a node's frame is sent again without reading and
-    decoding every template on it. Least recently used entries go beyond `size`."""
+class TemplateCache:
+    """Replica templates by revision. A revision is the hash of its template
+    (orchestrator.models.template_hash), so each is read and decoded once per process,
+    whichever replica carries it, and a node's frame is built again without reading a
+    template. Least recently used revisions go beyond `size`."""
 
-    def __init__(self, size: int = 50_000) -> None:
+    def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._entries: OrderedDict[int, dict] = OrderedDict()
+        self._templates: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()  # a web process dispatches from several threads
 
-    def get_many(self, pks: list[int]) -> dict[int, dict]:
-        found: dict[int, dict] = {}
+    def get_many(self, carriers: dict[str, list[int]]) -> dict[str, dict]:
+        """The template of each revision; `carriers` names the replicas (pks) carrying each.
+        A revision whose replicas were all deleted meanwhile is left out."""
+        found: dict[str, dict] = {}
         with self._lock:
-            for pk in pks:
-                entry = self._entries.get(pk)
-                if entry is not None:
-                    self._entries.move_to_end(pk)
-                    found[pk] = entry
-        missing = [pk for pk in pks if pk not in found]
-        read: dict[int, dict] = {}
-        for start in range(0, len(missing), 5000):
-            rows = Replica.objects.filter(pk__in=missing[start : start + 5000]).values_list(
-                "pk", "name", "namespace__name", "deployment__name", "revision", "template"
-            )
-            read.update((pk, desired_entry(*values)) for pk, *values in rows)
+            for revision in carriers:
+                template = self._templates.get(revision)
+                if template is not None:
+                    self._templates.move_to_end(revision)
+                    found[revision] = template
+        missing = [pk for revision, pks in carriers.items() if revision not in found for pk in pks]
+        read = {}
+        if missing:  # one row per revision
+            rows = Replica.objects.filter(pk__in=missing).order_by("revision").distinct("revision")
+            read = dict(rows.values_list("revision", "template"))
         with self._lock:
-            self._entries.update(read)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        found.update(read)  # a replica deleted meanwhile is in neither: not in the set
+            self._templates.update(read)
+            while len(self._templates) > self.size:
+                self._templates.popitem(last=False)
+        found.update(read)
         return found
 
 
-_entries = EntryCache()
+_templates = TemplateCache()
 
 
 def desired_set(node_id: int) -> dict | None:

@@ -158,35 +158,50 @@ def place_waiting_replicas() -> None:
     request_reconciles(set(waiting.values_list("deployment_id", flat=True)))
 
 
-# A replica placed on a connected node that its agent has not reported this long after, or
-# one being stopped that is still there this long after, hints at a desired set that never
-# reached the agent (a worker killed between its commit and its dispatch, a publish lost
-# with Redis). Sending the set again costs one frame; the agent ignores what it has applied.
+# A desired set may never reach its agent: a worker killed between its commit and its
+# dispatch, a publish lost with Redis. What tells:
+# - A node whose agent acknowledged its newest generation, yet has not reported a replica
+#   placed on it UNDELIVERED_PLACEMENT ago (or still has one being stopped UNDELIVERED_STOP
+#   after): the set it applied lacked them (the dispatch never happened).
+# - A node whose agent has not acknowledged its newest generation: most often a busy agent
+#   or control plane, so only once that lag passes UNDELIVERED_STOP; at once after Redis
+#   lost its data (the frames published meanwhile reached nobody).
+# Sending a set again costs a frame the agent applies again; resending every lagging node
+# at each resync fed the load at 100,000 replicas (each frame carries the node's whole set).
 UNDELIVERED_PLACEMENT = timedelta(seconds=5)
 UNDELIVERED_STOP = timedelta(seconds=60)
 
 
-def nodes_to_resend(now=None) -> list[int]:
-    """Ready, connected nodes whose agent may be missing its newest desired set."""
+def nodes_to_resend(now=None, *, every_lagging: bool = False) -> list[int]:
+    """Ready, connected nodes whose agent may be missing its newest desired set;
+    `every_lagging`: also every node that has not acknowledged its newest generation."""
     now = now or timezone.now()
     connected = Node.objects.filter(status=Node.Status.READY, session__isnull=False)
-    behind = set(connected.filter(observed_generation__lt=F("generation")).values_list("pk", flat=True))
-    unacknowledged = Replica.objects.filter(node__in=connected).filter(
+    lagging = set(connected.filter(observed_generation__lt=F("generation")).values_list("pk", flat=True))
+    unreported = Replica.objects.filter(node__in=connected).filter(
         Q(phase=Replica.Phase.PENDING, scheduled_at__lt=now - UNDELIVERED_PLACEMENT)
         | Q(phase=Replica.Phase.TERMINATING, updated_at__lt=now - UNDELIVERED_STOP)
     )
-    return sorted(behind | set(unacknowledged.values_list("node_id", flat=True).distinct()))
+    long_unreported = unreported.filter(
+        Q(phase=Replica.Phase.TERMINATING) | Q(scheduled_at__lt=now - UNDELIVERED_STOP)
+    )
+    stale = set(unreported.values_list("node_id", flat=True).distinct()) - lagging
+    if every_lagging:
+        stale |= lagging
+    else:
+        stale |= set(long_unreported.filter(node__in=lagging).values_list("node_id", flat=True).distinct())
+    return sorted(stale)
 
 
 @shared_task(name="orchestrator.resync", ignore_result=True, expires=60)
-def resync() -> None:
+def resync(after_redis_loss: bool = False) -> None:
     """The periodic safety net: reconcile every deployment, and resend the desired set to
-    Ready nodes that may not have it (behind their generation, or not reporting replicas
-    placed on them). Also run when a worker starts (its predecessor may have died holding
-    tasks) and after Redis lost its data (queued tasks and published sets went with it)."""
+    Ready nodes that may not have it (nodes_to_resend). Also run when a worker starts (its
+    predecessor may have died holding tasks) and after Redis lost its data (queued tasks
+    and published sets went with it: every node behind its generation gets its set)."""
     try:
         request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True)
-        stale = nodes_to_resend()
+        stale = nodes_to_resend(every_lagging=after_redis_loss)
         if stale:
             log.info("resending desired sets to %d node(s) that may have missed one", len(stale))
             dispatch_nodes(stale)

@@ -98,7 +98,10 @@ def _after_redis_loss() -> None:
     log.warning("Redis lost its data (no heartbeat mark): every node gets a fresh grace; resyncing")
     try:
         # Every consumer rejoins at its first heartbeat GROUP_REFRESH_SECONDS after its last join.
-        resync.apply_async(countdown=GROUP_REFRESH_SECONDS + settings.AGENT_HEARTBEAT_SECONDS + 1)
+        resync.apply_async(
+            kwargs={"after_redis_loss": True},
+            countdown=GROUP_REFRESH_SECONDS + settings.AGENT_HEARTBEAT_SECONDS + 1,
+        )
     except Exception as exc:  # Redis went again: the periodic resync runs once it is back
         log.warning("could not queue the resync: %s", exc)
 

@@ -134,6 +134,7 @@ def test_after_redis_lost_the_heartbeats_every_node_gets_a_fresh_grace():
     with mock.patch("orchestrator.tasks.resync.apply_async") as resync:
         assert monitor_nodes(now=now) == []
         resync.assert_called_once()  # queued tasks and published sets went with Redis too
+        assert resync.call_args.kwargs["kwargs"] == {"after_redis_loss": True}  # every lagging node
         assert Node.objects.get(pk=node.pk).status == Node.Status.READY
         # A grace later, still not a single beat: that node really is silent.
         assert monitor_nodes(now=now + grace + timedelta(seconds=1)) == ["h1"]
@@ -227,6 +228,28 @@ def test_resync_resends_a_desired_set_a_dead_worker_never_sent():
         return resent
 
     assert run(scenario) == []
+
+
+def test_an_agent_lagging_behind_its_generation_is_not_sent_its_set_again_at_once():
+    """A node whose agent has not acknowledged its newest set is most often just busy: its
+    set goes again only after a minute of silence about what it holds (at 100,000 replicas,
+    resending every lagging node at each resync fed the load), or at once after Redis lost
+    its data (the resync the node monitor queues then)."""
+    node, _ = enroll()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, session=uuid.uuid4())
+    reconcile_deployment(_deployment().pk)  # placed and dispatched: the generation moved
+    node.refresh_from_db()
+    assert node.observed_generation < node.generation
+    assert Replica.objects.filter(node=node, phase="Pending").count() == 2
+    soon = timezone.now() + tasks.UNDELIVERED_PLACEMENT + timedelta(seconds=1)
+    assert tasks.nodes_to_resend(soon) == []
+    assert tasks.nodes_to_resend(soon, every_lagging=True) == [node.pk]
+    much_later = timezone.now() + tasks.UNDELIVERED_STOP + timedelta(seconds=1)
+    assert tasks.nodes_to_resend(much_later) == [node.pk]
+    # The agent acknowledges the generation but still does not list the replicas: the set
+    # it applied lacked them, and the rule for a dead worker applies (seconds, not a minute).
+    Node.objects.filter(pk=node.pk).update(observed_generation=node.generation)
+    assert tasks.nodes_to_resend(soon) == [node.pk]
 
 
 def test_a_dispatch_to_more_agents_than_the_inbox_bound_of_old_loses_none():

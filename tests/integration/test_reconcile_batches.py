@@ -209,6 +209,36 @@ def test_a_node_sent_its_set_again_reads_no_template_again(ready_nodes, django_a
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_revision_s_template_is_read_once_for_every_node_that_runs_it(ready_nodes, monkeypatch):
+    """A revision is the hash of its template: one replica's copy serves all of them."""
+    from orchestrator import dispatch
+
+    h1, h2 = ready_nodes("h1", "h2")
+    web = create("web", 4)
+    controller.reconcile_deployment(web.pk)  # its dispatch filled the process's cache
+    monkeypatch.setattr(dispatch, "_templates", dispatch.TemplateCache())
+    read = []
+    real = dispatch.Replica.objects.filter
+
+    def spy(*args, **kwargs):
+        if "pk__in" in kwargs:
+            read.append(len(kwargs["pk__in"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.Replica.objects, "filter", spy)
+    frames = dict(dispatch.desired_sets([h1.pk, h2.pk]))
+    assert read == [4]  # once, from the replicas carrying it, for both nodes
+    template = Replica.objects.first().template
+    entries = frames[h1.pk]["replicas"] + frames[h2.pk]["replicas"]
+    assert len(entries) == 4 and all(e["image"] == template["image"] for e in entries)
+    # decoded once: every entry holds the same objects (a copy per replica before)
+    assert all(e["resources"] is entries[0]["resources"] for e in entries)
+    assert all(e["revision"] == web.revision() for e in entries)
+    dispatch.desired_sets([h1.pk, h2.pk])
+    assert read == [4]  # and not again
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_that_could_not_be_queued_leaves_no_mark_behind(ready_nodes, queued, monkeypatch, caplog):
     """The broker refused the task (it is restarting): the next request queues one, rather
     than trusting a mark for a task that never went out."""
