@@ -40,7 +40,22 @@ def test_a_failed_send_does_not_stop_the_others_and_is_raised_after():
     assert len(layer.sent) == 9
 
 
-def test_nothing_to_send_opens_no_loop():
-    with mock.patch.object(publish, "async_to_sync") as loop:
+def test_nothing_to_send_submits_nothing():
+    with mock.patch.object(publish, "publishing_loop") as loop:
         publish.group_send_many([])
     loop.assert_not_called()
+
+
+def test_every_call_runs_on_the_same_loop_so_connections_are_kept():
+    layer, loops = FakeLayer(), []
+
+    async def spy(group, message):
+        loops.append(asyncio.get_running_loop())
+        await FakeLayer.group_send(layer, group, message)
+
+    layer.group_send = spy
+    with mock.patch.object(publish, "get_channel_layer", return_value=layer):
+        publish.group_send_many([("node.1", {})])
+        publish.group_send_many([("node.2", {})])
+    assert len(loops) == 2 and loops[0] is loops[1] is publish.publishing_loop()
+    assert loops[0].is_running()
