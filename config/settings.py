@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import redis
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -169,8 +170,18 @@ CHANNEL_LAYERS = {
         # line) what arrives past the bound. A dispatch to thousands of nodes puts one frame
         # in for each agent the process serves, so the bound must outnumber its agents; what
         # a process never reads expires after `expiry`.
+        # A command that meets a connection Redis closed (it restarted) reconnects and goes
+        # again once: processes keep their connections (orchestrator/publish.py keeps one
+        # event loop), and a stale one must not fail a dispatch or an agent's hello.
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 30,
+                    "max_connections": 2000,
+                    "retry_on_error": [redis.exceptions.ConnectionError],
+                }
+            ],
             "capacity": 100_000,
             "expiry": 30,
         },
