@@ -53,6 +53,9 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
     ]
 
 
+READ_CHUNK = 5000  # replicas named in one query
+
+
 class TemplateCache:
     """Replica templates by revision. A revision is the hash of its template
     (orchestrator.models.template_hash), so each is read and decoded once per process,
@@ -75,10 +78,13 @@ class TemplateCache:
                     self._templates.move_to_end(revision)
                     found[revision] = template
         missing = [pk for revision, pks in carriers.items() if revision not in found for pk in pks]
-        read = {}
-        if missing:  # one row per revision
-            rows = Replica.objects.filter(pk__in=missing).order_by("revision").distinct("revision")
-            read = dict(rows.values_list("revision", "template"))
+        read: dict[str, dict] = {}
+        for start in range(0, len(missing), READ_CHUNK):  # one row per revision, bounded queries
+            chunk = missing[start : start + READ_CHUNK]
+            rows = Replica.objects.filter(pk__in=chunk).exclude(revision__in=list(read))
+            read.update(rows.order_by("revision").distinct("revision").values_list("revision", "template"))
+            if len(read) + len(found) == len(carriers):
+                break
         with self._lock:
             self._templates.update(read)
             while len(self._templates) > self.size:

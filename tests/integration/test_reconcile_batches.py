@@ -239,6 +239,28 @@ def test_a_revision_s_template_is_read_once_for_every_node_that_runs_it(ready_no
 
 
 @pytest.mark.django_db(transaction=True)
+def test_templates_are_found_across_bounded_reads(ready_nodes, monkeypatch):
+    """Replicas carrying the revisions are named a chunk at a time; a revision carried only
+    by replicas in a later chunk, or whose first carriers are gone, is still found."""
+    from orchestrator import dispatch
+
+    ready_nodes("h1")
+    old = create("old", 3)
+    namespace = Namespace.objects.get(name="default")
+    new = services.do_create_deployment(namespace, {"name": "new", "image": "nginx:1", "replicas": 2}, None)
+    assert old.revision() != new.revision()
+    controller.reconcile_deployment(old.pk)
+    controller.reconcile_deployment(new.pk)
+    monkeypatch.setattr(dispatch, "READ_CHUNK", 2)
+    old_pks = list(Replica.objects.filter(deployment=old).order_by("pk").values_list("pk", flat=True))
+    new_pks = list(Replica.objects.filter(deployment=new).values_list("pk", flat=True))
+    carriers = {old.revision(): [10**9, *old_pks], new.revision(): new_pks}  # a vanished first
+    found = dispatch.TemplateCache().get_many(carriers)
+    assert found == {old.revision(): old.template(), new.revision(): new.template()}
+    assert dispatch.TemplateCache().get_many({"gone": [10**9]}) == {}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_that_could_not_be_queued_leaves_no_mark_behind(ready_nodes, queued, monkeypatch, caplog):
     """The broker refused the task (it is restarting): the next request queues one, rather
     than trusting a mark for a task that never went out."""
