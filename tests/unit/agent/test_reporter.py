@@ -33,7 +33,7 @@ def test_wait_sent_returns_once_a_frame_with_the_change_was_sent():
         state = {"ready": True}
         async with serving(reporter, lambda: dict(state)) as sent:
             reporter.mark_dirty()
-            await asyncio.sleep(0.01)
+            await until_sent(sent, 1)  # the change below falls in the debounce window
             state["ready"] = False
             reporter.mark_dirty()
             await asyncio.wait_for(reporter.wait_sent(timeout=5), 1)
