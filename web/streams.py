@@ -4,8 +4,8 @@
   through the channel layer) and what that viewer's WebSocket can take. It never blocks
   the producer: past its capacity it drops lines and leaves a marker with the count in
   their place, so a stalled browser costs a bounded amount of memory and nobody else.
-- `LogCursor`: per replica, the time of the last line delivered; resuming a stream from
-  that time and dropping lines at or before it gives no gap and no duplicate.
+- `LogCursor`: per replica, the newest line time delivered; resuming a stream from that
+  time and dropping the lines at or before it gives no gap and no duplicate.
 - `parse_since`: the `since` a person or client may give (RFC 3339, or 10s / 5m / 2h ago).
 """
 
@@ -81,27 +81,46 @@ class ViewerBuffer:
 
 
 class LogCursor:
-    """The last line time delivered per replica (Docker's fixed-width times sort as strings)."""
+    """Per replica, the newest line time delivered, and the instant its stream resumed from.
+
+    Docker's fixed-width times sort as strings. They are not always in order: the engine
+    timestamps stdout and stderr in two copiers that race to the log file, so a stdout line
+    can follow a stderr line written a microsecond after it. A live line is therefore never
+    dropped for being older than the newest one; only a line at or before the instant the
+    stream was (re)opened from is a repeat.
+    """
 
     def __init__(self, initial: dict[str, str] | None = None) -> None:
-        self._last: dict[str, str] = dict(initial or {})
+        self._newest: dict[str, str] = dict(initial or {})
+        self._floor: dict[str, str] = {}
 
     def get(self, replica: str) -> str | None:
-        return self._last.get(replica)
+        """Where a stream of this replica opened now resumes from (None: from the start)."""
+        return self._newest.get(replica)
+
+    def resume(self, replica: str) -> str | None:
+        """A stream of `replica` opens now, from `get(replica)`: its lines up to there repeat."""
+        floor = self._newest.get(replica)
+        if floor:
+            self._floor[replica] = floor
+        else:
+            self._floor.pop(replica, None)
+        return floor
 
     def fresh(self, replica: str, lines: Iterable[list]) -> list[list]:
-        """The lines ([time, stream, text]) newer than the cursor; moves the cursor past them."""
-        last = self._last.get(replica, "")
+        """The lines ([time, stream, text]) past the resume instant; moves the cursor past them."""
+        floor = self._floor.get(replica, "")
+        newest = self._newest.get(replica, "")
         out = []
         for line in lines:
             time = line[0]
-            if time and time <= last:
-                continue  # seen already: a resumed stream starts at the cursor's instant
+            if time and time <= floor:
+                continue  # a resumed stream starts at the floor's instant: seen already
             out.append(line)
-            if time:
-                last = time
-        if last:
-            self._last[replica] = last
+            if time > newest:
+                newest = time
+        if newest:
+            self._newest[replica] = newest
         return out
 
 

@@ -40,6 +40,7 @@ def test_cursor_resumes_without_duplicates():
     )
     assert len(first) == 2 and cursor.get("a") == "2026-01-01T00:00:02.000000000Z"
     # A resumed stream starts at the cursor's instant: the line there is a repeat.
+    assert cursor.resume("a") == "2026-01-01T00:00:02.000000000Z"
     again = cursor.fresh(
         "a",
         [
@@ -49,6 +50,48 @@ def test_cursor_resumes_without_duplicates():
     )
     assert again == [["2026-01-01T00:00:03.000000000Z", "stdout", "z"]]
     assert cursor.get("b") is None
+
+
+def test_a_live_line_older_than_the_newest_is_delivered_not_taken_for_a_repeat():
+    # The engine's stdout and stderr copiers race to the log file: "n=20" (stdout) can be
+    # written after "e=20" (stderr), which was timestamped a few microseconds later.
+    cursor = LogCursor()
+    assert cursor.resume("a") is None  # a first stream: nothing repeats
+    out = cursor.fresh(
+        "a",
+        [
+            ["2026-01-01T00:00:01.000000000Z", "stdout", "n=19"],
+            ["2026-01-01T00:00:01.000020000Z", "stderr", "e=20"],
+            ["2026-01-01T00:00:01.000010000Z", "stdout", "n=20"],
+        ],
+    )
+    assert [line[2] for line in out] == ["n=19", "e=20", "n=20"]
+    assert cursor.get("a") == "2026-01-01T00:00:01.000020000Z"  # the newest, not the last
+    # Resumed from the newest: what the engine repeats at that instant is dropped, and what
+    # a live stream brings afterwards, in or out of order, is not.
+    cursor.resume("a")
+    again = cursor.fresh(
+        "a",
+        [
+            ["2026-01-01T00:00:01.000020000Z", "stderr", "e=20"],
+            ["2026-01-01T00:00:01.000040000Z", "stderr", "e=25"],
+            ["2026-01-01T00:00:01.000030000Z", "stdout", "n=25"],
+        ],
+    )
+    assert [line[2] for line in again] == ["e=25", "n=25"]
+
+
+def test_cursors_a_client_resumes_with_are_the_floor_of_its_first_stream():
+    cursor = LogCursor({"a": "2026-01-01T00:00:05.000000000Z"})
+    assert cursor.resume("a") == "2026-01-01T00:00:05.000000000Z"
+    out = cursor.fresh(
+        "a",
+        [
+            ["2026-01-01T00:00:05.000000000Z", "stdout", "seen"],
+            ["2026-01-01T00:00:06.000000000Z", "stdout", "new"],
+        ],
+    )
+    assert [line[2] for line in out] == ["new"]
 
 
 def test_since_takes_rfc3339_or_a_duration_ago():

@@ -3,7 +3,7 @@ docs/agent-protocol.md).
 
 /ws/namespaces/{ns}/deployments/{name}/logs/ and /ws/namespaces/{ns}/replicas/{replica}/logs/.
 The client sends `{"type": "subscribe", "tail": 100, "since": null, "cursors": {}}`
-(`cursors`: per replica, the time of the last line it has, when it reconnects after a blip)
+(`cursors`: per replica, the newest line time it has, when it reconnects after a blip)
 and receives `{"type": "subscribed", "replicas": [...]}`, then `{"type": "lines", "lines":
 [[replica, time, stream, text], ...]}` where a `[null, null, "dropped", N]` entry marks N
 lines this viewer was too slow for. One agent log stream per replica watched, for as long
@@ -154,7 +154,7 @@ class LogsConsumer(ViewerConsumer):
             if source is None or replica in self.by_replica or self.finished.get(replica) == source:
                 continue
             node_id = source[0]
-            last = self.cursor.get(replica)
+            last = self.cursor.resume(replica)
             frame = {
                 "type": "logs.open",
                 "namespace": self.namespace,

@@ -32,7 +32,7 @@
         if (stream === "dropped") {
           line.className = "line dropped"; line.textContent = "[… " + text + " lines dropped]";
         } else {
-          if (time) cursors[replica] = time;
+          if (time && !(cursors[replica] > time)) cursors[replica] = time; // the newest: stdout and stderr may interleave out of order
           line.className = "line " + stream;
           line.dataset.replica = replica; line.dataset.time = time || "";
           const ts = document.createElement("span"); ts.className = "ts"; ts.textContent = time ? time.replace("T", " ").slice(0, 23) + " " : "";
