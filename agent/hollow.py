@@ -119,12 +119,13 @@ class CountingReporter(StatusReporter):
         send: Callable[[str], Awaitable[None]],
         snapshot: Callable[[], dict[str, Any]],
         ready: Callable[[], bool] = lambda: True,
+        partial: bool = False,
     ) -> None:
         self._counts.connected += 1
         self._counts.connections += 1
         self._welcomed.set()
         try:
-            await super().run(send, snapshot, ready)
+            await super().run(send, snapshot, ready, partial)
         finally:
             self._counts.connected -= 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from agent.replicas import (
     MAX_TERMINATION_GRACE,
     DesiredReplica,
     PortMapping,
+    ReplicaKey,
     Resources,
     RestartPolicy,
 )
@@ -29,6 +30,8 @@ from agent.status import ReplicaStatus
 from agent.stream_protocol import STREAM_FRAME_TYPES, StreamFrame, parse_stream_frame
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+# What this agent understands beyond the first version of the protocol (sent in `hello`).
+FEATURES = ("desired.partial",)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
@@ -54,12 +57,18 @@ class ProtocolError(ValueError):
 class Welcome:
     node: str
     heartbeat_interval: float
+    features: tuple[str, ...] = ()  # what the control plane understands beyond version 1
 
 
 @dataclass(frozen=True)
 class DesiredSet:
+    """A desired set. Full (`names` is None): `replicas` is the whole set. Partial: `names`
+    is the whole set, and `replicas` carries only the entries the agent may lack; the
+    others are the ones it already has (a replica's entry never changes)."""
+
     generation: int
     replicas: tuple[DesiredReplica, ...]
+    names: tuple[ReplicaKey, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,13 @@ def hello_frame(engine: EngineInfo, labels: Mapping[str, str]) -> dict[str, Any]
         "capacity": {"cpu": engine.cpu_millis, "memory": engine.memory_bytes},
         "labels": dict(labels),
         "images": list(engine.images[:MAX_IMAGES]),
+        "features": list(FEATURES),
     }
+
+
+def desired_request_frame(generation: int, missing: int) -> dict[str, Any]:
+    """Ask for the full desired set: a partial frame named replicas this agent has no entry for."""
+    return {"type": "desired.request", "generation": generation, "missing": missing}
 
 
 def heartbeat_frame() -> dict[str, Any]:
@@ -108,6 +123,19 @@ def status_frame(generation: int, statuses: Sequence[ReplicaStatus]) -> dict[str
             }
             for s in statuses
         ],
+    }
+
+
+def partial_status_frame(frame: dict[str, Any], sent: Mapping[ReplicaKey, dict[str, Any]]) -> dict[str, Any]:
+    """A full status frame as a partial one: every replica named, and only the entries that
+    differ from `sent` (what the control plane last got of each, on this connection)."""
+    entries = frame["replicas"]
+    return {
+        "type": "status",
+        "generation": frame["generation"],
+        "full": False,
+        "names": [[e["namespace"], e["name"]] for e in entries],
+        "replicas": [e for e in entries if sent.get((e["namespace"], e["name"])) != e],
     }
 
 
@@ -146,7 +174,10 @@ def _parse_welcome(data: dict[str, Any]) -> Welcome:
     interval = data.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
         raise ProtocolError("welcome.heartbeat_interval must be a number of seconds in (0, 3600]")
-    return Welcome(node=node, heartbeat_interval=float(interval))
+    features = data.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ProtocolError("welcome.features must be a list of strings")
+    return Welcome(node=node, heartbeat_interval=float(interval), features=tuple(features))
 
 
 def _parse_desired(data: dict[str, Any]) -> DesiredSet:
@@ -162,7 +193,46 @@ def _parse_desired(data: dict[str, Any]) -> DesiredSet:
         if replica.key in seen:
             raise ProtocolError(f"desired.replicas lists {replica.namespace}/{replica.name} twice")
         seen.add(replica.key)
-    return DesiredSet(generation=generation, replicas=replicas)
+    partial = data.get("partial", False)
+    if not isinstance(partial, bool):
+        raise ProtocolError("desired.partial must be true or false")
+    if not partial:
+        return DesiredSet(generation=generation, replicas=replicas)
+    listed = data.get("names")
+    if not isinstance(listed, list):
+        raise ProtocolError("desired.names must be a list of [namespace, name] pairs in a partial frame")
+    names: list[ReplicaKey] = []
+    for i, pair in enumerate(listed):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ProtocolError(f"desired.names[{i}] must be a [namespace, name] pair")
+        names.append(
+            (_dns_label(pair[0], f"desired.names[{i}][0]"), _dns_label(pair[1], f"desired.names[{i}][1]"))
+        )
+    if len(set(names)) != len(names):
+        raise ProtocolError("desired.names lists a replica twice")
+    unnamed = seen - set(names)
+    if unnamed:
+        namespace, name = sorted(unnamed)[0]
+        raise ProtocolError(f"desired.replicas carries {namespace}/{name}, which desired.names does not list")
+    return DesiredSet(generation=generation, replicas=replicas, names=tuple(names))
+
+
+def complete_set(
+    frame: DesiredSet, known: Callable[[ReplicaKey], DesiredReplica | None]
+) -> tuple[list[DesiredReplica], list[ReplicaKey]]:
+    """The whole set a partial frame stands for: each named replica's entry, from the frame
+    or else `known` (what the agent has). Returns (the set, the names found in neither)."""
+    carried = {replica.key: replica for replica in frame.replicas}
+    if frame.names is None:
+        return list(frame.replicas), []
+    replicas, missing = [], []
+    for key in frame.names:
+        replica = carried.get(key) or known(key)
+        if replica is None:
+            missing.append(key)
+        else:
+            replicas.append(replica)
+    return replicas, missing
 
 
 def _parse_replica(item: Any, where: str) -> DesiredReplica:

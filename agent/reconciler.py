@@ -123,6 +123,10 @@ class Reconciler:
         self._changed()
         return True
 
+    def desired_replica(self, key: ReplicaKey) -> DesiredReplica | None:
+        """The entry of a replica in the set applied last (a partial frame refers to it)."""
+        return (self._desired or {}).get(key)
+
     def first_verdicts_due(self) -> float | None:
         """Seconds for which a just-started container's first readiness verdict is still
         awaited, or None (the status reporter holds a frame that long for it)."""

@@ -1,4 +1,12 @@
-"""Sends full status frames when the observed state changes, at most one per 50 ms.
+"""Sends status frames when the observed state changes, at most one per 50 ms.
+
+Partial frames (when the control plane's welcome lists `status.partial`): after the first
+frame of a connection, which is full, a frame carries only the replicas whose status
+changed since the last one sent, and names all the others. A full one goes again when
+asked (`want_full`: the control plane sent the whole desired set, e.g. after the node was
+NotReady and its replicas' states were set Unknown) and at least every FULL_EVERY seconds
+when frames are sent, in case the control plane lost one. A node running 20 replicas
+that start one after the other sends 20 entries, not 1 + 2 + ... + 20.
 
 The first change after a quiet period is sent at once (a replica turning Running is
 what a deploy waits on); changes that follow within 50 ms are folded into one frame,
@@ -20,6 +28,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agent.protocol import partial_status_frame
+
+FULL_EVERY = 60.0  # seconds: the longest a connection sends only partial status frames
+
 
 class StatusReporter:
     def __init__(self, min_interval: float = 0.05) -> None:
@@ -33,6 +45,12 @@ class StatusReporter:
         # Seconds for which a frame may still wait for news that is due, or None when none
         # is (the agent wires it to the reconciler's awaited first readiness verdicts).
         self.hold: Callable[[], float | None] = lambda: None
+        self._full_wanted = False
+
+    def want_full(self) -> None:
+        """The next frame is full (cheap; a partial frame would have left out unchanged replicas)."""
+        self._full_wanted = True
+        self.mark_dirty()
 
     def mark_dirty(self) -> None:
         """Something a status frame shows has changed (cheap; call it as often as you like)."""
@@ -61,15 +79,20 @@ class StatusReporter:
         send: Callable[[str], Awaitable[None]],
         snapshot: Callable[[], dict[str, Any]],
         ready: Callable[[], bool] = lambda: True,
+        partial: bool = False,
     ) -> None:
         """Send a frame after each change, for as long as the connection lasts.
 
         Runs once per connection; the session cancels it on disconnect. A change marked
         while disconnected is sent by the next connection's run, and the session marks
         one change on every connect anyway, since the control plane wants a full picture.
+        `snapshot` gives a full frame; with `partial`, what is sent after the first is partial.
         """
         self._senders += 1
         last = None  # the last frame sent on this connection
+        # The entries of the last frame sent, as the control plane has them (partial frames).
+        sent: dict[tuple[str, str], dict[str, Any]] | None = None
+        full_at = float("-inf")
         try:
             while True:
                 await self._dirty.wait()
@@ -85,10 +108,19 @@ class StatusReporter:
                 await self._wait_for_due_news(woke + self.min_interval)
                 self._dirty.clear()
                 marks = self._marks
-                frame = json.dumps(snapshot(), separators=(",", ":"))
-                if frame != last:  # the control plane has this one already: no need to apply it again
+                full = snapshot()
+                now = time.monotonic()
+                if not partial or sent is None or self._full_wanted or now - full_at >= FULL_EVERY:
+                    message, full_at, self._full_wanted = full, now, False
+                else:
+                    message = partial_status_frame(full, sent)
+                frame = json.dumps(message, separators=(",", ":"))
+                # The control plane has this one already: no need to apply it again.
+                if frame != last and not (partial and _repeats(message, last)):
                     await send(frame)
                     last = frame
+                    if partial:
+                        sent = {(e["namespace"], e["name"]): e for e in full["replicas"]}
                     self._last_sent = time.monotonic()
                 self._sent_marks = marks
                 self._sent.set()
@@ -107,3 +139,12 @@ class StatusReporter:
                 await asyncio.wait_for(self._dirty.wait(), remaining)
             except TimeoutError:
                 return
+
+
+def _repeats(message: dict[str, Any], last: str | None) -> bool:
+    """A partial frame with no changed entry, for the generation and the replicas of the last."""
+    if message["full"] or message["replicas"] or last is None:
+        return False
+    previous = json.loads(last)
+    names = previous.get("names") or [[e["namespace"], e["name"]] for e in previous["replicas"]]
+    return previous["generation"] == message["generation"] and names == message["names"]

@@ -36,6 +36,8 @@ from agent.protocol import (
     DesiredSet,
     ProtocolError,
     Welcome,
+    complete_set,
+    desired_request_frame,
     heartbeat_frame,
     hello_frame,
     parse_frame,
@@ -51,6 +53,8 @@ from agent.streams import AgentStreams
 log = logging.getLogger(__name__)
 
 HEALTHY_AFTER = 10.0  # a session welcomed and kept this long resets the back-off
+FULL_SET_REQUEST_EVERY = 2.0  # seconds between two requests for the full desired set
+PARTIAL_STATUS = "status.partial"  # the welcome feature of control planes that take partial status
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a desired set for a busy node can be large
 
 
@@ -81,6 +85,7 @@ class Session:
         self._engine = engine
         self._delay = delay or ReconnectDelay(base=0.5, cap=30.0)
         self._metrics = MetricsSampler(runtime, reconciler.statuses)
+        self._full_set_requested_at = float("-inf")
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only when cancelled."""
@@ -190,14 +195,20 @@ class Session:
                         helpers.append(
                             self._guard(
                                 ws,
-                                self._reporter.run(ws.send, self._snapshot, lambda: self._reconciler.ready),
+                                self._reporter.run(
+                                    ws.send,
+                                    self._snapshot,
+                                    lambda: self._reconciler.ready,
+                                    partial=PARTIAL_STATUS in frame.features,
+                                ),
                                 "status",
                             )
                         )
                         helpers.append(self._guard(ws, self._metrics.run(self._sender(ws)), "metrics"))
                     self._reporter.mark_dirty()  # the control plane wants the full picture now
                 elif isinstance(frame, DesiredSet):
-                    self._on_desired(frame)
+                    if request := self._on_desired(frame):
+                        await ws.send(json.dumps(request))
                 elif isinstance(frame, STREAM_FRAME_CLASSES):  # logs, exec, leases (agent/streams.py)
                     await streams.handle(frame)
                 else:
@@ -215,14 +226,39 @@ class Session:
             return Outcome.HEALTHY
         return Outcome.FAILED if welcomed_at is None else Outcome.WELCOMED
 
-    def _on_desired(self, frame: DesiredSet) -> None:
+    def _on_desired(self, frame: DesiredSet) -> dict[str, Any] | None:
+        """Apply a desired frame; returns a request for the full set to send, if it needs one."""
         previous = self._reconciler.generation
-        if self._reconciler.apply_desired(frame.generation, frame.replicas):
-            log.info("desired generation %d: %d replica(s)", frame.generation, len(frame.replicas))
-        else:
+        if frame.generation < previous:
             log.info(
                 "ignoring desired generation %d: generation %d is already applied", frame.generation, previous
             )
+            return None
+        replicas, missing = complete_set(frame, self._reconciler.desired_replica)
+        if missing:
+            # A frame that carried them was lost (or this agent restarted): keep the set
+            # applied until the full one comes.
+            now = time.monotonic()
+            if now - self._full_set_requested_at < FULL_SET_REQUEST_EVERY:
+                return None
+            self._full_set_requested_at = now
+            namespace, name = missing[0]
+            log.info(
+                "desired generation %d names %d replica(s) this agent has no entry for (%s/%s...); "
+                "asking for the full set",
+                frame.generation,
+                len(missing),
+                namespace,
+                name,
+            )
+            return desired_request_frame(frame.generation, len(missing))
+        self._reconciler.apply_desired(frame.generation, replicas)
+        log.info("desired generation %d: %d replica(s)", frame.generation, len(replicas))
+        if frame.names is None:
+            # A full set (on connect, or after the node was NotReady and its replicas' states
+            # were set Unknown): the control plane wants every replica's state in return.
+            self._reporter.want_full()
+        return None
 
     def _sender(self, ws: ClientConnection) -> Callable[[dict[str, Any]], Awaitable[None]]:
         async def send(frame: dict[str, Any]) -> None:

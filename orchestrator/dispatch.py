@@ -1,9 +1,17 @@
-"""Sending each node its full desired set through the channel layer.
+"""Sending each node its desired set through the channel layer.
 
 Workers never talk to agents directly: they publish to the node's channel group and
 the agent's consumer (web/consumers/agent.py) forwards. The node row is locked while
 its generation is bumped and its set is read, so a higher generation always carries
 the newer set; the agent ignores anything older than what it has applied.
+
+A frame names every replica of the set but carries in full only the entries its agent
+may not have (`partial`, docs/agent-protocol.md): those first sent after the generation
+the agent last reported applied. A replica's entry never changes (a new revision is a new
+replica), so an agent that has an entry from an earlier frame can use it. Without this,
+a node given 20 replicas one deployment at a time would receive 1 + 2 + ... + 20 entries,
+each with its whole template, and the web processes and the agent would encode and parse
+them all. An agent that misses one (a frame was lost) asks for the full set.
 """
 
 import logging
@@ -17,10 +25,17 @@ from orchestrator.publish import group_send_many
 
 log = logging.getLogger(__name__)
 
+_MARK_SENT = (
+    f"UPDATE {Replica._meta.db_table} AS r SET sent_generation = v.generation "  # noqa: S608
+    "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
+    "WHERE r.id = v.id AND r.sent_generation IS NULL"
+)
 
-def desired_sets(node_ids) -> list[tuple[int, dict]]:
+
+def desired_sets(node_ids, *, partial: bool = False) -> list[tuple[int, dict]]:
     """Bump these nodes' generations and read their desired frames, in one transaction
-    (the UPDATE locks the rows until commit). Vanished nodes are skipped."""
+    (the UPDATE locks the rows until commit). Vanished nodes are skipped. `partial`: each
+    frame carries in full only the entries its agent may lack (see the module's doc)."""
     ids = sorted(set(node_ids))
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -28,29 +43,51 @@ def desired_sets(node_ids) -> list[tuple[int, dict]]:
             cursor.execute("SELECT id FROM nodes_node WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [ids])
             cursor.execute(
                 "UPDATE nodes_node SET generation = generation + 1 WHERE id = ANY(%s) "
-                "RETURNING id, generation",
+                "RETURNING id, generation, observed_generation",
                 [ids],
             )
-            generations = dict(cursor.fetchall())
-        replicas: dict[int, list[dict]] = {node_id: [] for node_id in generations}
+            generations, applied = {}, {}
+            for node_id, generation, observed in cursor.fetchall():
+                generations[node_id], applied[node_id] = generation, observed
+        names: dict[int, list[list[str]]] = {node_id: [] for node_id in generations}
         rows = list(
             Replica.objects.filter(node_id__in=list(generations))
             .exclude(phase=Replica.Phase.TERMINATING)
             .order_by("pk")
-            .values_list("node_id", "pk", "name", "namespace__name", "deployment__name", "revision")
+            .values_list(
+                "node_id", "pk", "name", "namespace__name", "deployment__name", "revision", "sent_generation"
+            )
         )
-        carriers: dict[str, list[int]] = {}
+        carried, first_sent = [], []
         for row in rows:
-            carriers.setdefault(row[-1], []).append(row[1])
+            node_id, pk, name, namespace, _, _, sent = row
+            names[node_id].append([namespace, name])
+            if sent is None:
+                first_sent.append(pk)
+            if not partial or sent is None or sent > applied[node_id]:
+                carried.append(row)
+        carriers: dict[str, list[int]] = {}
+        for row in carried:
+            carriers.setdefault(row[5], []).append(row[1])
         templates = _templates.get_many(carriers)
-        for node_id, _, name, namespace, deployment, revision in rows:
+        entries: dict[int, list[dict]] = {node_id: [] for node_id in generations}
+        for node_id, _, name, namespace, deployment, revision, _ in carried:
             if revision in templates:  # else every replica of it was deleted meanwhile
-                entry = desired_entry(name, namespace, deployment, revision, templates[revision])
-                replicas[node_id].append(entry)
-    return [
-        (node_id, {"type": "desired", "generation": generations[node_id], "replicas": replicas[node_id]})
-        for node_id in sorted(generations)
-    ]
+                entries[node_id].append(
+                    desired_entry(name, namespace, deployment, revision, templates[revision])
+                )
+        if first_sent:
+            by_pk = {row[1]: generations[row[0]] for row in rows if row[6] is None}
+            with connection.cursor() as cursor:
+                cursor.execute(_MARK_SENT, [first_sent, [by_pk[pk] for pk in first_sent]])
+    frames = []
+    for node_id in sorted(generations):
+        frame = {"type": "desired", "generation": generations[node_id], "replicas": entries[node_id]}
+        if partial:
+            frame["partial"] = True
+            frame["names"] = names[node_id]
+        frames.append((node_id, frame))
+    return frames
 
 
 READ_CHUNK = 5000  # replicas named in one query
@@ -102,9 +139,10 @@ def desired_set(node_id: int) -> dict | None:
     return frames[0][1] if frames else None
 
 
-def dispatch_nodes(node_ids) -> None:
-    """Publish the current desired set to each of these nodes' agents."""
-    frames = desired_sets(node_ids)
+def dispatch_nodes(node_ids, *, full: bool = False) -> None:
+    """Publish the current desired set to each of these nodes' agents: partial frames, or
+    `full` ones (an agent answers a full set with the state of every replica it runs)."""
+    frames = desired_sets(node_ids, partial=not full)
     if not frames:
         return
     group_send_many(

@@ -262,6 +262,9 @@ class Replica(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now)
     scheduled_at = models.DateTimeField(null=True, blank=True)
+    # The generation of the first desired frame of its node that carried this replica in
+    # full (orchestrator.dispatch): an agent that applied that generation has its entry.
+    sent_generation = models.PositiveBigIntegerField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -121,4 +121,4 @@ def _recover(beats: dict, now: datetime, grace: timedelta) -> None:
         node.resource_version += 1  # placement reads readiness
         node.save()
         record_event(node, "NodeReady", "heartbeats resumed", now=now)
-        transaction.on_commit(lambda node_id=node.pk: dispatch_nodes([node_id]))
+        transaction.on_commit(lambda node_id=node.pk: dispatch_nodes([node_id], full=True))

@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -88,6 +88,39 @@ def _observed_fields(entry: dict) -> dict | None:
     }
 
 
+def _key(entry) -> tuple[str, str] | None:
+    if not isinstance(entry, dict):
+        return None
+    return (str(entry.get("namespace")), str(entry.get("name")))
+
+
+def _names(report: dict) -> set[tuple[str, str]] | None:
+    """Every replica a partial report names (None: the report is full, its entries are all)."""
+    if report.get("full", True) is not False:
+        return None
+    names = report.get("names")
+    if not isinstance(names, list):
+        return set()
+    return {(str(pair[0]), str(pair[1])) for pair in names if isinstance(pair, list) and len(pair) == 2}
+
+
+def merge_reports(older: dict, newer: dict) -> dict:
+    """One report standing for two of a node's, applied in order: a full one replaces what
+    came before it; a partial one updates the entries it carries and drops those it no
+    longer names (agents send partial reports only when the welcome allows them)."""
+    names = _names(newer)
+    if (
+        names is None
+        or not isinstance(older.get("replicas"), list)
+        or not isinstance(newer.get("replicas"), list)
+    ):
+        return newer
+    entries = {key: entry for entry in older["replicas"] if (key := _key(entry)) is not None and key in names}
+    entries.update((key, entry) for entry in newer["replicas"] if (key := _key(entry)) is not None)
+    full = _names(older) is None and names <= set(entries)  # every named replica's state is here
+    return {**newer, "full": full, "replicas": list(entries.values())}
+
+
 def _reported(node_id: int, report: dict) -> dict[tuple[str, str], dict] | None:
     """The report's replicas as {(namespace, name): model fields}; None if it is malformed."""
     entries = report.get("replicas")
@@ -121,17 +154,25 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
     if not parsed:
         return
+    named = {node_id: _names(reports[node_id]) for node_id in parsed}
+    terminating = Replica.Phase.TERMINATING
+    # A full report is compared with every replica of its node. A partial one only with those
+    # it carries (the others did not change) and those being stopped (gone when not named).
+    full = [node_id for node_id, names in named.items() if names is None]
+    partial = [node_id for node_id, names in named.items() if names is not None]
+    carried = sorted({name for node_id in partial for _, name in parsed[node_id]})
+    which = Q(node_id__in=full) | Q(node_id__in=partial) & (Q(phase=terminating) | Q(name__in=carried))
     rows = (
-        Replica.objects.filter(node_id__in=list(parsed))
+        Replica.objects.filter(which)
         .order_by("pk")
         .values_list("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
     )
     gone, freed, changes, affected = [], set(), {}, set()
-    terminating = Replica.Phase.TERMINATING
     for pk, node_id, deployment_id, namespace, name, *stored in rows:
         observed = parsed[node_id].get((namespace, name))
         if stored[0] == terminating:
-            if observed is None:
+            names = named[node_id]
+            if observed is None and (names is None or (namespace, name) not in names):
                 gone.append(pk)
                 freed.add(node_id)
                 affected.add(deployment_id)

@@ -109,6 +109,48 @@ def test_hello_makes_the_node_ready_and_it_receives_its_desired_set():
     assert node.status == Node.Status.NOT_READY and node.status_reason == "AgentDisconnected"
 
 
+@pytest.mark.parametrize("features", [["desired.partial"], []], ids=["partial", "before-partial"])
+def test_partial_frames_go_to_agents_that_take_them_and_a_request_gets_the_full_set(features):
+    node, credential = enroll()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY)
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
+    )
+    reconcile_deployment(deployment.pk)
+
+    def scale_up(applied):
+        # As if the agent had reported the generation it applied, then a scale-up.
+        Node.objects.filter(pk=node.pk).update(observed_generation=applied)
+        services.do_scale_deployment(Deployment.objects.get(pk=deployment.pk), 3, None)
+        reconcile_deployment(deployment.pk)  # dispatches a partial frame through the channel layer
+
+    async def scenario():
+        ws = communicator(credential)
+        connected, _ = await ws.connect()
+        assert connected
+        await ws.send_json_to({**HELLO, "features": features})
+        await ws.receive_json_from(timeout=5)  # welcome
+        first = await ws.receive_json_from(timeout=5)
+        await database_sync_to_async(scale_up)(first["generation"])
+        pushed = await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"type": "desired.request", "generation": pushed["generation"], "missing": 1})
+        again = await ws.receive_json_from(timeout=5)
+        await ws.disconnect()
+        return first, pushed, again
+
+    first, pushed, again = run(scenario)
+    names = set(Replica.objects.values_list("name", flat=True))
+    assert "partial" not in first and len(first["replicas"]) == 2  # on hello: the full set
+    if features:
+        assert pushed["partial"] is True and {n for _, n in pushed["names"]} == names
+        new = names - {e["name"] for e in first["replicas"]}
+        assert {e["name"] for e in pushed["replicas"]} == new and len(new) == 1
+    else:  # an agent from before partial frames gets the whole set instead
+        assert "partial" not in pushed and {e["name"] for e in pushed["replicas"]} == names
+    assert "partial" not in again and {e["name"] for e in again["replicas"]} == names
+    assert again["generation"] > pushed["generation"] > first["generation"]
+
+
 def test_status_reports_update_replicas_and_finish_terminations():
     node, credential = enroll()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY)
@@ -180,12 +222,16 @@ def beat(node_id, timestamp):
     async_to_sync(record_and_flush)()
 
 
-def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
+def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings, monkeypatch):
     from datetime import timedelta
 
     from django.utils import timezone
 
+    from nodes.controllers import monitor
     from nodes.controllers.monitor import monitor_nodes
+
+    dispatched = []
+    monkeypatch.setattr(monitor, "dispatch_nodes", lambda ids, **kwargs: dispatched.append((ids, kwargs)))
 
     node, _ = enroll()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=timezone.now())
@@ -204,3 +250,5 @@ def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings):
     monitor_nodes(now=later + timedelta(seconds=1))
     node.refresh_from_db()
     assert node.status == Node.Status.READY
+    # Its replicas' states were set Unknown: the whole set goes, so the agent reports them all.
+    assert dispatched == [([node.pk], {"full": True})]

@@ -209,6 +209,37 @@ def test_a_node_sent_its_set_again_reads_no_template_again(ready_nodes, django_a
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_partial_frame_carries_only_the_entries_its_agent_may_lack(ready_nodes):
+    from nodes.models import Node
+    from orchestrator.dispatch import desired_sets
+
+    (h1,) = ready_nodes("h1")
+    web = create("web", 3)
+    controller.reconcile_deployment(web.pk)  # dispatched: a partial frame with all three
+    first = set(Replica.objects.values_list("name", flat=True))
+    assert all(r.sent_generation is not None for r in Replica.objects.all())
+    # The agent has not said it applied that generation: they go again, in full.
+    ((_, frame),) = desired_sets([h1.pk], partial=True)
+    assert frame["partial"] is True
+    assert {e["name"] for e in frame["replicas"]} == first == {n for _, n in frame["names"]}
+    # It has now: a scale-up sends the two new entries, and names all five.
+    Node.objects.filter(pk=h1.pk).update(observed_generation=frame["generation"])
+    services.do_scale_deployment(web, 5, None)
+    controller.reconcile_deployment(web.pk)
+    ((_, frame),) = desired_sets([h1.pk], partial=True)
+    new = set(Replica.objects.values_list("name", flat=True)) - first
+    assert len(new) == 2 and {e["name"] for e in frame["replicas"]} == new
+    assert {n for _, n in frame["names"]} == first | new
+    # One Terminating leaves the names; a full frame (a hello) carries every entry.
+    gone = Replica.objects.filter(name__in=first).first()
+    Replica.objects.filter(pk=gone.pk).update(phase=Replica.Phase.TERMINATING)
+    ((_, frame),) = desired_sets([h1.pk], partial=True)
+    assert gone.name not in {n for _, n in frame["names"]} and len(frame["names"]) == 4
+    ((_, full),) = desired_sets([h1.pk])
+    assert "partial" not in full and {e["name"] for e in full["replicas"]} == (first | new) - {gone.name}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_revision_s_template_is_read_once_for_every_node_that_runs_it(ready_nodes, monkeypatch):
     """A revision is the hash of its template: one replica's copy serves all of them."""
     from orchestrator import dispatch

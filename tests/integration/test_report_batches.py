@@ -82,3 +82,78 @@ def test_replicas_that_changed_different_fields_keep_each_others_values():
         ("Running", ""),
         ("Starting", "pulling image"),
     ]
+
+
+def partial(full_report, carried, names=None):
+    """`full_report` as an agent's partial frame: only the entries of `carried` (names)."""
+    entries = full_report["replicas"]
+    listed = names if names is not None else [e["name"] for e in entries]
+    return {
+        "type": "status",
+        "generation": full_report["generation"],
+        "full": False,
+        "names": [["default", n] for n in listed],
+        "replicas": [e for e in entries if e["name"] in carried],
+    }
+
+
+def test_a_partial_report_writes_what_it_carries_and_ends_only_the_terminations_it_no_longer_names(
+    django_assert_max_num_queries,
+):
+    node = Node.objects.create(name="h1", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 4}, None
+    )
+    reconcile_deployment(deployment.pk)
+    a, b, c, d = Replica.objects.filter(node=node).order_by("pk")
+    node_reports.apply_node_report(node.pk, report([a, b, c, d], "Running", 1))
+    # c and d are being stopped; the agent has removed d's container, not yet c's.
+    Replica.objects.filter(pk__in=[c.pk, d.pk]).update(phase=Replica.Phase.TERMINATING)
+    # b was set Unknown meanwhile: a partial report leaves what it does not carry alone.
+    Replica.objects.filter(pk=b.pk).update(phase=Replica.Phase.UNKNOWN)
+    second = report([a, b, c], "Running", 2)
+    second["replicas"][0]["phase"] = "Failed"
+    second["replicas"][0]["exit_code"] = 3
+    # Reads the carried and the Terminating replicas only: not the node's whole set.
+    with django_assert_max_num_queries(12) as captured:
+        node_reports.apply_node_report(
+            node.pk, partial(second, carried={a.name}, names=[a.name, b.name, c.name])
+        )
+    phases = dict(Replica.objects.values_list("name", "phase"))
+    assert phases == {a.name: "Failed", b.name: "Unknown", c.name: "Terminating"}  # d is gone
+    (read,) = [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].startswith("SELECT") and "namespace" in q["sql"]
+    ]
+    # by the names it carries and the phase being stopped, not all of the node's replicas
+    assert f"IN ('{a.name}')" in read and "= 'Terminating'" in read, read
+    assert Node.objects.get(pk=node.pk).observed_generation == 2
+    # A full report, as after a full desired set, puts b right.
+    node_reports.apply_node_report(node.pk, report([a, b, c], "Running", 3))
+    assert Replica.objects.get(pk=b.pk).phase == "Running"
+
+
+def test_partial_reports_waiting_for_a_batch_merge_into_one():
+    older = {"type": "status", "generation": 1, "full": True, "replicas": [
+        {"name": "a", "namespace": "default", "phase": "Starting"},
+        {"name": "b", "namespace": "default", "phase": "Starting"},
+        {"name": "c", "namespace": "default", "phase": "Running"},
+    ]}  # fmt: skip
+    newer = {"type": "status", "generation": 2, "full": False,
+             "names": [["default", "a"], ["default", "b"], ["default", "d"]],
+             "replicas": [{"name": "b", "namespace": "default", "phase": "Running"},
+                          {"name": "d", "namespace": "default", "phase": "Starting"}]}  # fmt: skip
+    merged = node_reports.merge_reports(older, newer)
+    # c was removed (not named), b and d are the newer's, a the older's: still a full picture.
+    assert merged["full"] is True and merged["generation"] == 2
+    assert {e["name"]: e["phase"] for e in merged["replicas"]} == {
+        "a": "Starting",
+        "b": "Running",
+        "d": "Starting",
+    }
+    # Partial under partial: still partial, naming what the newer names.
+    merged = node_reports.merge_reports({**newer, "generation": 1}, {**newer, "replicas": []})
+    assert merged["full"] is False and merged["names"] == newer["names"] and len(merged["replicas"]) == 2
+    # A full one replaces everything before it.
+    assert node_reports.merge_reports(newer, older) is older

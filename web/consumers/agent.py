@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 SERVER_RESTART = 1012  # the close code uvicorn gives every WebSocket when it shuts down
+PARTIAL_SETS = "desired.partial"  # the hello feature of agents that take partial frames
+# What this control plane understands beyond version 1 of the protocol (sent in `welcome`).
+FEATURES = ["status.partial"]
+FULL_SET_EVERY = 1.0  # seconds: the most often an agent's request gets it a full set
 
 
 def in_pool(fn):
@@ -70,6 +74,9 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         self.session = uuid.uuid4()
         self.sent_generation = 0
         self.greeted = False
+        self.partial_ok = False  # until its hello lists the feature (older agents take full sets only)
+        self.full_sent_at = float("-inf")
+        self.full_task: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.joined_epoch = heartbeats.data_epoch()
         await self.accept()
@@ -78,6 +85,8 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if self.node_id is None:
             return
+        if self.full_task is not None:
+            self.full_task.cancel()
         try:
             await self.end_streams("the node's agent disconnected")
         except Exception as exc:  # Redis down: viewers notice their stream went quiet
@@ -104,6 +113,8 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             await self._report(content)
         elif kind == "hello":
             await self._hello(content)
+        elif kind == "desired.request":
+            self._request_full_set()
         elif kind in STREAM_REPLIES or kind == "metrics":
             await self.receive_stream_frame(content)  # logs, exec, metrics: agent_streams.py
         else:
@@ -116,21 +127,48 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         await heartbeats.record(self.node_id, time.time())
         await self._retry_database(session_hello, self.node_id, self.session, hello, client[0] or "")
         self.greeted = True
+        features = hello.get("features")
+        self.partial_ok = isinstance(features, list) and PARTIAL_SETS in features
         await self.send_json(
             {
                 "type": "welcome",
                 "node": self.node_name,
                 "heartbeat_interval": settings.AGENT_HEARTBEAT_SECONDS,
+                "features": FEATURES,
             }
         )
         # The full set on every connect: a lost message is never a lost replica.
+        await self._send_full_set()
+
+    async def _send_full_set(self):
+        self.full_sent_at = time.monotonic()
         frame = await self._retry_database(desired_set, self.node_id)
         if frame is not None:
             await self._send_desired(frame)
 
+    def _request_full_set(self):
+        """The agent could not apply a partial frame (it lacks an entry: a frame was lost).
+        It gets the full set, at most once per FULL_SET_EVERY; requests meanwhile share it."""
+        if not self.greeted or (self.full_task is not None and not self.full_task.done()):
+            return
+
+        async def answer():
+            await asyncio.sleep(max(0.0, self.full_sent_at + FULL_SET_EVERY - time.monotonic()))
+            await self._send_full_set()
+
+        log.info("agent of node %s asked for its full desired set", self.node_name)
+        self.full_task = asyncio.get_running_loop().create_task(answer(), name="berth-full-set")
+
     async def desired_push(self, event):
-        if self.greeted:
-            await self._send_desired(event["frame"])
+        if not self.greeted:
+            return
+        frame = event["frame"]
+        if frame.get("partial") and not self.partial_ok:
+            # An agent from before partial frames: it gets the whole set, read here.
+            if frame["generation"] > self.sent_generation:
+                await self._send_full_set()
+            return
+        await self._send_desired(frame)
 
     async def _send_desired(self, frame: dict):
         if frame["generation"] <= self.sent_generation:

@@ -1,6 +1,7 @@
 """Agents' status reports, applied in batches per web process.
 
-Each report is a full snapshot of a node, so only the newest one per node matters. Reports
+A full report is a snapshot of a node, so only the newest one per node matters; a partial
+one (only the replicas that changed) is merged into the one still waiting. Reports
 wait here while a batch is being applied and then go together in the next batch
 (orchestrator.controllers.node_reports.apply_node_reports): when few agents report, each
 report is applied at once; when thousands do, hundreds share one transaction instead of
@@ -17,7 +18,7 @@ import weakref
 from channels.db import database_sync_to_async
 from django.db import InterfaceError, OperationalError
 
-from orchestrator.controllers.node_reports import apply_node_report, apply_node_reports
+from orchestrator.controllers.node_reports import apply_node_report, apply_node_reports, merge_reports
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ class ReportBuffer:
 
     def submit(self, node_id: int, report: dict) -> None:
         """Queue a node's newest report; it is applied as soon as the current batch is done."""
-        self._pending[node_id] = report
+        waiting = self._pending.get(node_id)
+        self._pending[node_id] = report if waiting is None else merge_reports(waiting, report)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="berth-reports")
 
@@ -57,8 +59,9 @@ class ReportBuffer:
                 self.batches += 1
                 delay = RETRY_FIRST
             except DATABASE_ERRORS as exc:
-                for node_id, report in batch.items():
-                    self._pending.setdefault(node_id, report)  # unless a newer one came meanwhile
+                for node_id, report in batch.items():  # kept, under any newer one that came meanwhile
+                    newer = self._pending.get(node_id)
+                    self._pending[node_id] = report if newer is None else merge_reports(report, newer)
                 log.warning("database unavailable (%s); %d node report(s) kept, retrying in %.1f s",
                             str(exc).strip() or type(exc).__name__, len(self._pending), delay)  # fmt: skip
                 await asyncio.sleep(delay)

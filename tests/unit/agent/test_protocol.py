@@ -13,6 +13,7 @@ from agent.protocol import (
     ProtocolError,
     UnknownFrame,
     Welcome,
+    complete_set,
     hello_frame,
     parse_frame,
     status_frame,
@@ -206,6 +207,42 @@ def test_duplicate_replica_is_rejected():
         parse_frame(json.dumps({**DOC_DESIRED, "replicas": DOC_DESIRED["replicas"] * 2}))
 
 
+def partial(names, replicas, **extra):
+    return json.dumps(
+        {"type": "desired", "generation": 9, "partial": True, "names": names, "replicas": replicas, **extra}
+    )
+
+
+def test_a_partial_frame_is_completed_from_the_entries_the_agent_has():
+    carried = {**DOC_DESIRED["replicas"][0], "name": "new-1"}
+    frame = parse_frame(partial([["default", "web-7k2pq"], ["default", "new-1"]], [carried]))
+    assert frame.names == (("default", "web-7k2pq"), ("default", "new-1"))
+    assert [r.name for r in frame.replicas] == ["new-1"]
+    known = parse_frame(json.dumps(DOC_DESIRED)).replicas[0]
+    replicas, missing = complete_set(frame, {known.key: known}.get)
+    assert [r.name for r in replicas] == ["web-7k2pq", "new-1"] and missing == []
+    replicas, missing = complete_set(frame, {}.get)  # an agent that lost its set
+    assert missing == [("default", "web-7k2pq")]
+    full = parse_frame(json.dumps(DOC_DESIRED))
+    assert full.names is None and complete_set(full, {}.get) == (list(full.replicas), [])
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (partial("x", []), r"desired\.names must be a list"),
+        (partial([["default"]], []), r"desired\.names\[0\] must be a \[namespace, name\] pair"),
+        (partial([["default", "Bad_Name"]], []), r"desired\.names\[0\]\[1\] must be a DNS-1123 label"),
+        (partial([["default", "a"], ["default", "a"]], []), "lists a replica twice"),
+        (partial([], [DOC_DESIRED["replicas"][0]]), "default/web-7k2pq, which desired.names does not list"),
+        (partial([], [], partial="yes"), r"desired\.partial must be true or false"),
+    ],
+)
+def test_a_malformed_partial_frame_is_refused_whole(text, field):
+    with pytest.raises(ProtocolError, match=field):
+        parse_frame(text)
+
+
 def test_welcome_and_unknown_frames():
     assert parse_frame('{"type": "welcome", "node": "h1", "heartbeat_interval": 2.0}') == Welcome("h1", 2.0)
     assert parse_frame('{"type": "logs.subscribe"}') == UnknownFrame("logs.subscribe")
@@ -229,6 +266,7 @@ def test_hello_and_status_frames():
         "capacity": {"cpu": 2000, "memory": 25_000_000_000},
         "labels": {"zone": "a"},
         "images": ["berth-test/busybox:1"],
+        "features": ["desired.partial"],
     }
     status = status_frame(
         7, [ReplicaStatus("web-7k2pq", "default", "ab12", Phase.RUNNING, started_at=STARTED)]

@@ -130,3 +130,59 @@ def test_a_frame_the_same_as_the_last_one_sent_is_not_sent_again():
             assert again == [{"ready": False}]
 
     asyncio.run(scenario())
+
+
+def test_partial_frames_carry_only_what_changed_and_a_full_one_comes_when_asked():
+    phases = {"a": "Starting", "b": "Starting"}
+    generation = {"n": 1}
+
+    def snapshot():
+        entries = [{"namespace": "default", "name": n, "phase": p} for n, p in phases.items()]
+        return {"type": "status", "generation": generation["n"], "full": True, "replicas": entries}
+
+    async def scenario():
+        reporter = StatusReporter(min_interval=0.001)
+        sent: list = []
+
+        async def record(text):
+            sent.append(json.loads(text))
+
+        task = asyncio.create_task(reporter.run(record, snapshot, partial=True))
+        try:
+            reporter.mark_dirty()
+            await until_sent(sent, 1)  # the first frame of a connection is full
+            phases["a"] = "Running"
+            reporter.mark_dirty()
+            await until_sent(sent, 2)
+            generation["n"] = 2  # a new desired set applied, no replica changed
+            reporter.mark_dirty()
+            await until_sent(sent, 3)
+            reporter.mark_dirty()  # nothing changed at all: nothing is sent
+            await reporter.wait_sent(timeout=2)
+            assert len(sent) == 3
+            phases["c"] = "Starting"
+            del phases["b"]
+            reporter.mark_dirty()
+            await until_sent(sent, 4)
+            reporter.want_full()
+            await until_sent(sent, 5)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["full"] is True and len(sent[0]["replicas"]) == 2
+    assert sent[1] == {
+        "type": "status",
+        "generation": 1,
+        "full": False,
+        "names": [["default", "a"], ["default", "b"]],
+        "replicas": [{"namespace": "default", "name": "a", "phase": "Running"}],
+    }
+    assert sent[2]["full"] is False and sent[2]["generation"] == 2 and sent[2]["replicas"] == []
+    assert sent[3]["names"] == [["default", "a"], ["default", "c"]]  # b removed
+    assert [e["name"] for e in sent[3]["replicas"]] == ["c"]
+    assert sent[4]["full"] is True and [e["name"] for e in sent[4]["replicas"]] == ["a", "c"]
+    assert len(sent) == 5

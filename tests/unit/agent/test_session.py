@@ -53,6 +53,9 @@ class StubReconciler:
         self.desired = None
         self.reporter = reporter
 
+    def desired_replica(self, key):
+        return next((r for r in self.desired or () if r.key == key), None)
+
     def apply_desired(self, generation, replicas):
         if generation < self.generation:
             return False
@@ -96,6 +99,54 @@ class ControlPlane:
                 await ws.send(json.dumps(DESIRED))
             elif frame["type"] == "status" and frame["generation"] == 3:
                 self.got_status.set()
+
+
+def entry(name: str) -> dict:
+    return {**DESIRED["replicas"][0], "name": name}
+
+
+class PartialControlPlane(ControlPlane):
+    """Sends a full set, a partial one it can complete, then one naming a replica it has no
+    entry for; answers the agent's request with the full set."""
+
+    def __init__(self, accepted: str):
+        super().__init__(accepted)
+        self.done = asyncio.Event()
+
+    async def handler(self, ws):
+        async for message in ws:
+            frame = json.loads(message)
+            self.frames.append(frame)
+            if frame["type"] == "hello":
+                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 5}))
+                await ws.send(json.dumps(DESIRED))  # generation 3: a
+            elif frame["type"] == "status" and frame["generation"] == 3:
+                names = [["default", "a"], ["default", "b"]]
+                partial = {"type": "desired", "generation": 4, "partial": True, "names": names}
+                await ws.send(json.dumps({**partial, "replicas": [entry("b")]}))
+            elif frame["type"] == "status" and frame["generation"] == 4:
+                names = [["default", "b"], ["default", "c"]]  # c was in a frame that got lost
+                partial = {"type": "desired", "generation": 5, "partial": True, "names": names}
+                await ws.send(json.dumps({**partial, "replicas": []}))
+            elif frame["type"] == "desired.request":
+                full = {"type": "desired", "generation": 6, "replicas": [entry("b"), entry("c")]}
+                await ws.send(json.dumps(full))
+            elif frame["type"] == "status" and frame["generation"] == 6:
+                self.done.set()
+
+
+def test_partial_sets_use_the_entries_the_agent_has_and_a_gap_asks_for_the_full_set(tmp_path):
+    plane = PartialControlPlane(accepted="berth_node_old")
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=plane.done.wait))
+    assert "desired.partial" in plane.frames[0]["features"]
+    statuses = {
+        f["generation"]: [r["name"] for r in f["replicas"]] for f in plane.frames if f["type"] == "status"
+    }
+    assert statuses[4] == ["a", "b"]  # a from generation 3, b carried
+    assert 5 not in statuses  # c unknown: generation 5 not applied, b kept running
+    requests = [f for f in plane.frames if f["type"] == "desired.request"]
+    assert requests == [{"type": "desired.request", "generation": 5, "missing": 1}]
+    assert statuses[6] == ["b", "c"]
 
 
 async def run_session(tmp_path, plane: ControlPlane, *, join_token: str | None, until):
