@@ -160,7 +160,8 @@ if not REDIS_URL.startswith(("redis://", "rediss://")):
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's layer, taking a process's messages in batches (config/channel_layer.py)
+        "BACKEND": "config.channel_layer.BatchedRedisChannelLayer",
         # The socket timeout must outlast channels_redis's 5 s blocking reads, or every idle
         # WebSocket is dropped after 5 s (redis-py's default timeout is also 5 s).
         # redis-py's pools raise past 100 connections rather than wait: thousands of agents

@@ -25,10 +25,13 @@ from orchestrator.publish import group_send_many
 
 log = logging.getLogger(__name__)
 
+# Rows another transaction holds (an agent's report being applied) are skipped: they stay
+# unmarked, so the next frame carries them again, which is only a few bytes more.
 _MARK_SENT = (
     f"UPDATE {Replica._meta.db_table} AS r SET sent_generation = v.generation "  # noqa: S608
     "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
-    "WHERE r.id = v.id AND r.sent_generation IS NULL"
+    f"WHERE r.id = v.id AND r.id IN (SELECT id FROM {Replica._meta.db_table} "
+    "WHERE id = ANY(%s) AND sent_generation IS NULL FOR UPDATE SKIP LOCKED)"
 )
 
 
@@ -76,10 +79,14 @@ def desired_sets(node_ids, *, partial: bool = False) -> list[tuple[int, dict]]:
                 entries[node_id].append(
                     desired_entry(name, namespace, deployment, revision, templates[revision])
                 )
-        if first_sent:
-            by_pk = {row[1]: generations[row[0]] for row in rows if row[6] is None}
-            with connection.cursor() as cursor:
-                cursor.execute(_MARK_SENT, [first_sent, [by_pk[pk] for pk in first_sent]])
+    if first_sent:
+        # After the nodes' locks are released: report application locks replicas, then
+        # nodes; marking replicas while holding the nodes would deadlock with it. A frame
+        # that went out unmarked is only carried again (a dispatch after it marks it with
+        # its own, later generation: the entry is then carried a little longer).
+        by_pk = {row[1]: generations[row[0]] for row in rows if row[6] is None}
+        with connection.cursor() as cursor:
+            cursor.execute(_MARK_SENT, [first_sent, [by_pk[pk] for pk in first_sent], first_sent])
     frames = []
     for node_id in sorted(generations):
         frame = {"type": "desired", "generation": generations[node_id], "replicas": entries[node_id]}

@@ -141,15 +141,15 @@ def apply_node_report(node_id: int, report: dict) -> None:
 
 
 def apply_node_reports(reports: dict[int, dict]) -> None:
-    """Apply the latest full report of each of these nodes, in one transaction. A web
-    process batches its agents' reports this way (web/consumers/reports.py), so many agents
-    reporting at once cost one round of queries.
+    """Apply the latest report (full, or partial: docs/agent-protocol.md) of each of these
+    nodes together. A web process batches its agents' reports this way
+    (web/consumers/reports.py), so many agents reporting at once cost one round of queries.
 
-    Most of a report repeats what is stored (an agent reports every replica it runs
-    whenever one of them changes), so the rows are read as plain values, unlocked, and only
+    Most of a full report repeats what is stored, so the rows are read as plain values, unlocked, and only
     the replicas that changed are locked (in pk order, as the deployment controller locks
     them: no deadlock) and written; a replica the controller marked Terminating meanwhile
-    is left to it."""
+    is left to it. Replicas are written in one transaction, nodes (generations, freed room)
+    in the next, so no transaction here waits for a node while holding replicas."""
     parsed = {node_id: _reported(node_id, report) for node_id, report in reports.items()}
     parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
     if not parsed:
@@ -161,12 +161,13 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     full = [node_id for node_id, names in named.items() if names is None]
     partial = [node_id for node_id, names in named.items() if names is not None]
     carried = sorted({name for node_id in partial for _, name in parsed[node_id]})
-    which = Q(node_id__in=full) | Q(node_id__in=partial) & (Q(phase=terminating) | Q(name__in=carried))
-    rows = (
-        Replica.objects.filter(which)
-        .order_by("pk")
-        .values_list("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
-    )
+    columns = ("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
+    rows = []
+    if full:  # two queries rather than an OR of both: each one a plain scan of the node index
+        rows += Replica.objects.filter(node_id__in=full).values_list(*columns)
+    if partial:
+        wanted = Q(phase=terminating) | Q(name__in=carried)
+        rows += Replica.objects.filter(wanted, node_id__in=partial).values_list(*columns)
     gone, freed, changes, affected = [], set(), {}, set()
     for pk, node_id, deployment_id, namespace, name, *stored in rows:
         observed = parsed[node_id].get((namespace, name))
@@ -192,8 +193,8 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
         and recorded.get(node_id, 2**63) < generation < 2**63
     }
     now = timezone.now()
-    with transaction.atomic():
-        if changes:
+    if changes:
+        with transaction.atomic():
             # Lock what changes; a replica now Terminating (the controller got there first) is skipped.
             locked = (
                 Replica.objects.select_for_update()
@@ -209,30 +210,34 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
                 affected.add(deployment_id)
             if updated:
                 _write_observed(updated, now)
-        # The common report changes replicas' states only: no node row is touched or locked.
-        if gone or behind:
+    # The common report changes replicas' states only: no node row is touched or locked.
+    # Node rows go in a transaction of their own, once the replicas' is committed: waiting
+    # for a node while holding replicas deadlocked with the node monitor, which locks a
+    # node and then its replicas (as this does below).
+    if gone or behind:
+        with transaction.atomic():
             # Node rows are locked in id order, as schedulers' claims and dispatch lock them:
             # an UPDATE of several rows at once would lock them in any order and deadlock.
             locked_nodes = sorted(freed | set(behind))
             list(
                 Node.objects.select_for_update().filter(pk__in=locked_nodes).order_by("pk").values_list("pk")
             )
-        if gone:
-            Replica.objects.filter(pk__in=gone, phase=terminating).delete()
-            # Room freed: schedulers that cached these nodes' usage must read them again.
-            Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
-            transaction.on_commit(place_waiting_replicas)  # their room is free again
-        if behind:
-            # One statement for the batch (each node is at its own generation).
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "UPDATE nodes_node AS n SET observed_generation = v.generation "
-                    "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
-                    "WHERE n.id = v.id AND n.observed_generation < v.generation",
-                    [list(behind), list(behind.values())],
-                )
-        if affected:
-            transaction.on_commit(lambda: _after_change(affected))
+            if gone:
+                Replica.objects.filter(pk__in=gone, phase=terminating).delete()
+                # Room freed: schedulers that cached these nodes' usage must read them again.
+                Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
+                transaction.on_commit(place_waiting_replicas)  # their room is free again
+            if behind:
+                # One statement for the batch (each node is at its own generation).
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "UPDATE nodes_node AS n SET observed_generation = v.generation "
+                        "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
+                        "WHERE n.id = v.id AND n.observed_generation < v.generation",
+                        [list(behind), list(behind.values())],
+                    )
+    if affected:
+        transaction.on_commit(lambda: _after_change(affected))
 
 
 def _write_observed(updated: list[tuple[int, dict]], now) -> None:

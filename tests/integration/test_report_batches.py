@@ -115,7 +115,7 @@ def test_a_partial_report_writes_what_it_carries_and_ends_only_the_terminations_
     second["replicas"][0]["phase"] = "Failed"
     second["replicas"][0]["exit_code"] = 3
     # Reads the carried and the Terminating replicas only: not the node's whole set.
-    with django_assert_max_num_queries(12) as captured:
+    with django_assert_max_num_queries(14) as captured:
         node_reports.apply_node_report(
             node.pk, partial(second, carried={a.name}, names=[a.name, b.name, c.name])
         )
