@@ -154,12 +154,19 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
     if not parsed:
         return
-    named = {node_id: _names(reports[node_id]) for node_id in parsed}
     terminating = Replica.Phase.TERMINATING
     # A full report is compared with every replica of its node. A partial one only with those
     # it carries (the others did not change) and those being stopped (gone when not named).
-    full = [node_id for node_id, names in named.items() if names is None]
-    partial = [node_id for node_id, names in named.items() if names is not None]
+    partial = [node_id for node_id in parsed if reports[node_id].get("full", True) is False]
+    full = [node_id for node_id in parsed if reports[node_id].get("full", True) is not False]
+    named: dict[int, set | None] = {}  # a partial report's names, read only for a node stopping some
+
+    def still_named(node_id: int, key: tuple[str, str]) -> bool:
+        if node_id not in named:
+            named[node_id] = _names(reports[node_id])
+        names = named[node_id]
+        return names is not None and key in names
+
     carried = sorted({name for node_id in partial for _, name in parsed[node_id]})
     columns = ("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
     rows = []
@@ -172,8 +179,7 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     for pk, node_id, deployment_id, namespace, name, *stored in rows:
         observed = parsed[node_id].get((namespace, name))
         if stored[0] == terminating:
-            names = named[node_id]
-            if observed is None and (names is None or (namespace, name) not in names):
+            if observed is None and not still_named(node_id, (namespace, name)):
                 gone.append(pk)
                 freed.add(node_id)
                 affected.add(deployment_id)
