@@ -89,9 +89,8 @@ class StatusReporter:
         `snapshot` gives a full frame; with `partial`, what is sent after the first is partial.
         """
         self._senders += 1
-        last = None  # the last frame sent on this connection
-        # The entries of the last frame sent, as the control plane has them (partial frames).
-        sent: dict[tuple[str, str], dict[str, Any]] | None = None
+        last: dict[str, Any] | None = None  # the snapshot last sent on this connection
+        last_full = False  # and whether it went as a full frame
         full_at = float("-inf")
         try:
             while True:
@@ -110,17 +109,17 @@ class StatusReporter:
                 marks = self._marks
                 full = snapshot()
                 now = time.monotonic()
-                if not partial or sent is None or self._full_wanted or now - full_at >= FULL_EVERY:
-                    message, full_at, self._full_wanted = full, now, False
-                else:
-                    message = partial_status_frame(full, sent)
-                frame = json.dumps(message, separators=(",", ":"))
-                # The control plane has this one already: no need to apply it again.
-                if frame != last and not (partial and _repeats(message, last)):
-                    await send(frame)
-                    last = frame
-                    if partial:
-                        sent = {(e["namespace"], e["name"]): e for e in full["replicas"]}
+                whole = not partial or last is None or self._full_wanted or now - full_at >= FULL_EVERY
+                # The control plane has this one already: no need to apply it again (a full
+                # frame wanted after partial ones still goes).
+                if full != last or (whole and not last_full):
+                    if whole:
+                        message, full_at, self._full_wanted = full, now, False
+                    else:
+                        sent = {(e["namespace"], e["name"]): e for e in last["replicas"]}
+                        message = partial_status_frame(full, sent)
+                    await send(json.dumps(message, separators=(",", ":")))
+                    last, last_full = full, whole
                     self._last_sent = time.monotonic()
                 self._sent_marks = marks
                 self._sent.set()
@@ -139,12 +138,3 @@ class StatusReporter:
                 await asyncio.wait_for(self._dirty.wait(), remaining)
             except TimeoutError:
                 return
-
-
-def _repeats(message: dict[str, Any], last: str | None) -> bool:
-    """A partial frame with no changed entry, for the generation and the replicas of the last."""
-    if message["full"] or message["replicas"] or last is None:
-        return False
-    previous = json.loads(last)
-    names = previous.get("names") or [[e["namespace"], e["name"]] for e in previous["replicas"]]
-    return previous["generation"] == message["generation"] and names == message["names"]

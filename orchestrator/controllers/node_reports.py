@@ -171,10 +171,10 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     columns = ("pk", "node_id", "deployment_id", "namespace__name", "name", *_OBSERVED)
     rows = []
     if full:  # two queries rather than an OR of both: each one a plain scan of the node index
-        rows += Replica.objects.filter(node_id__in=full).values_list(*columns)
-    if partial:
+        rows += Replica.objects.filter(node_id__in=full).order_by().values_list(*columns)
+    if partial:  # (no ORDER BY: the model's default sort is of no use here)
         wanted = Q(phase=terminating) | Q(name__in=carried)
-        rows += Replica.objects.filter(wanted, node_id__in=partial).values_list(*columns)
+        rows += Replica.objects.filter(wanted, node_id__in=partial).order_by().values_list(*columns)
     gone, freed, changes, affected = [], set(), {}, set()
     for pk, node_id, deployment_id, namespace, name, *stored in rows:
         observed = parsed[node_id].get((namespace, name))
