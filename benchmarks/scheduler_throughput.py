@@ -593,8 +593,12 @@ def main() -> None:
         url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
         started = time.monotonic()
 
+        sessions = threading.local()  # one HTTP session per thread, kept alive as API clients do
+
         def post(body):
-            response = plane.client(plane.api_token).post(url, json=body)
+            if not hasattr(sessions, "client"):
+                sessions.client = plane.client(plane.api_token)
+            response = sessions.client.post(url, json=body)
             if response.status_code != 201:
                 raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
 

@@ -22,6 +22,7 @@ from django.utils.dateparse import parse_datetime
 from nodes.models import Node
 from orchestrator import services
 from orchestrator.broadcast import notify_deployments
+from orchestrator.bulk_insert import insert_alike
 from orchestrator.controllers.plan import ReplicaState, compute_plan, resolve_rollout
 from orchestrator.controllers.rollout import CRASH_LOOP_RESTARTS, RolloutCounts, assess
 from orchestrator.dispatch import dispatch_nodes
@@ -333,9 +334,12 @@ def _place(
         fresh = node_ids[len(assigned) :]
         if fresh:
             names = _new_names(deployment, len(fresh), taken)
-            created = Replica.objects.bulk_create(
-                _new_replica(deployment, revision, template, name, node_id, now)
-                for name, node_id in zip(names, fresh, strict=True)
+            created = insert_alike(
+                [
+                    _new_replica(deployment, revision, template, name, node_id, now)
+                    for name, node_id in zip(names, fresh, strict=True)
+                ],
+                _NEW_REPLICA_VARYING,
             )
             rows.update({r.name: r for r in created})
             create -= len(created)
@@ -345,9 +349,12 @@ def _place(
         adopt = list(committed.values())
         transaction.on_commit(lambda: adopt_nodes(adopt))
     if create:
-        created = Replica.objects.bulk_create(
-            _new_replica(deployment, revision, template, name, None, now, reason)
-            for name in _new_names(deployment, create, taken)
+        created = insert_alike(
+            [
+                _new_replica(deployment, revision, template, name, None, now, reason)
+                for name in _new_names(deployment, create, taken)
+            ],
+            _NEW_REPLICA_VARYING,
         )
         rows.update({r.name: r for r in created})
     stale = [r for r in waiting if r.message != reason]
@@ -360,6 +367,11 @@ def _place(
         message = f"{pending} replica(s) pending: {reason}"
         record_event(deployment, "FailedScheduling", message, warning=True, now=now)
     return placed_on, raced and pending > 0
+
+
+# What differs between the replicas one _place call creates (all else is shared: see
+# orchestrator.bulk_insert).
+_NEW_REPLICA_VARYING = ("uid", "name", "node")
 
 
 def _new_replica(deployment, revision, template, name, node_id, now, message="") -> Replica:
