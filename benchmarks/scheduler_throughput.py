@@ -498,6 +498,9 @@ class WaitSampler:
         return {"samples": self.samples, "top": per_sample}
 
 
+IDLE_SAMPLE_SECONDS = 5.0
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -584,6 +587,14 @@ def main() -> None:
             else:
                 log(f"--profile: py-spy not found at {profiler.binary}; pip install py-spy")
                 profiler = None
+        # The fleet at rest (heartbeats, the node monitor): what each process burns per second
+        # before any deployment exists, the floor under the figures below.
+        idle_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+        time.sleep(IDLE_SAMPLE_SECONDS)  # a measurement window, not a wait for a condition
+        result["idle_cpu_per_s"] = {
+            name: round((cpu_seconds(pid) - idle_before[name]) / IDLE_SAMPLE_SECONDS, 3)
+            for name, pid in processes.items()
+        }
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
         if sampler:

@@ -8,7 +8,7 @@ import redis
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from config.channel_layer import RECEIVE_BATCH, BatchedRedisChannelLayer
+from config.channel_layer import RECEIVE_BATCH, SEND_CHUNK, BatchedRedisChannelLayer
 
 
 def layer() -> BatchedRedisChannelLayer:
@@ -66,3 +66,59 @@ def test_a_named_channel_is_received_as_channels_redis_does():
         return message
 
     assert async_to_sync(scenario)() == {"type": "x", "n": 3}
+
+
+def commands(*names) -> int:
+    stats = redis.Redis.from_url(settings.REDIS_URL).info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+
+def test_group_send_many_gives_each_member_its_groups_message_in_a_few_round_trips():
+    count = 1200  # more than SEND_CHUNK: the adds go in several script calls
+
+    async def scenario():
+        sender, receiver, other = layer(), layer(), layer()  # three processes
+        channels = [await receiver.new_channel() for _ in range(count)]
+        for index, channel in enumerate(channels):
+            await receiver.group_add(f"g{index}", channel)
+        elsewhere = await other.new_channel()
+        await other.group_add("g0", elsewhere)  # a group with members in two processes
+        await receiver.group_add("g1", channels[2])  # and one with two members in one
+        before = commands("eval", "evalsha", "zrange")
+        await sender.group_send_many(
+            [(f"g{index}", {"type": "x", "n": index}) for index in range(count)]
+            + [("nobody", {"type": "x", "n": -1})]
+        )
+        used = commands("eval", "evalsha", "zrange") - before
+        got = await asyncio.gather(*(asyncio.wait_for(receiver.receive(c), 10) for c in channels))
+        extra = await asyncio.wait_for(receiver.receive(channels[2]), 10)
+        far = await asyncio.wait_for(other.receive(elsewhere), 10)
+        for each in (sender, receiver, other):
+            await each.close_pools()
+        return [m["n"] for m in got], extra["n"], far["n"], used
+
+    got, extra, far, used = async_to_sync(scenario)()
+    assert got == list(range(count))
+    assert {extra, far} == {1, 0}  # channels[2] got g1's too; the other process g0's
+    # one ZRANGE per group (pipelined into one round trip), and one script call per chunk
+    # per inbox: channels_redis's group_send makes an EVAL per group
+    assert used <= count + 1 + (count // SEND_CHUNK + 1) + 1
+
+
+def test_group_send_many_drops_past_an_inbox_capacity_as_channels_redis_does(caplog):
+    async def scenario():
+        small = BatchedRedisChannelLayer(**{**settings.CHANNEL_LAYERS["default"]["CONFIG"], "capacity": 3})
+        channels = [await small.new_channel() for _ in range(5)]
+        for index, channel in enumerate(channels):
+            await small.group_add(f"cap{index}", channel)
+        await small.group_send_many([(f"cap{index}", {"type": "x", "n": index}) for index in range(5)])
+        local = small.non_local_name(channels[0])
+        held = await small.connection(small.consistent_hash(local)).zcard(small.prefix + local)
+        got = [await asyncio.wait_for(small.receive(c), 10) for c in channels[:3]]
+        await small.close_pools()
+        return [m["n"] for m in got], held
+
+    got, held = async_to_sync(scenario)()
+    assert held == 3  # the process's one inbox took three, the other two were dropped
+    assert got == [0, 1, 2]
+    assert "2 of 5 message(s) dropped" in caplog.text
