@@ -14,7 +14,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from nodes.models import Node
-from orchestrator.controllers.deployment import Effects
+from orchestrator.controllers.deployment import AGAIN_NOW, Effects
 from orchestrator.controllers.deployment import reconcile_deployment as _reconcile_deployment
 from orchestrator.dispatch import dispatch_nodes
 from orchestrator.models import Deployment, Replica
@@ -41,7 +41,9 @@ def reconcile_deployment(deployment_id: int) -> None:
     """Move one deployment a step closer to its spec; a vanished deployment is a no-op.
     Used for passes due at a time (a replica becoming available, a toleration running out)."""
     recheck_in = _reconcile_deployment(deployment_id)
-    if recheck_in is not None:
+    if recheck_in == AGAIN_NOW:
+        request_reconcile(deployment_id)
+    elif recheck_in is not None:
         reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
 
 
@@ -128,24 +130,28 @@ def reconcile_pending() -> None:
         _queue_batch(marks)
     effects = Effects()
     done = 0
+    again: list[int] = []  # passes that stopped at the burst limit: they go on in a next batch
     last_dispatch = time.monotonic()
     try:
         with snapshot_held():
             for deployment_id in taken:
                 recheck_in = _reconcile_deployment(deployment_id, effects)
                 done += 1
-                if recheck_in is not None:
+                if recheck_in == AGAIN_NOW:
+                    again.append(deployment_id)
+                elif recheck_in is not None:
                     reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
                 if time.monotonic() - last_dispatch >= DISPATCH_EVERY_SECONDS:
                     effects.flush()
                     last_dispatch = time.monotonic()
         effects.flush()
+        request_reconciles(again)
     except BaseException:
         # Not lost: what was not done goes back to wait (and the retry takes it); what was
         # done is sent if it still can be (else nodes_to_resend finds it within seconds).
         with contextlib.suppress(*REDIS_ERRORS):
-            if taken[done:]:
-                marks.sadd(_PENDING, *taken[done:])
+            if taken[done:] or again:
+                marks.sadd(_PENDING, *taken[done:], *again)
         with contextlib.suppress(*DATABASE_ERRORS, *REDIS_ERRORS):
             effects.flush()
         raise

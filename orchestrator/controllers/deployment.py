@@ -10,8 +10,10 @@ Safe to rerun: the deployment row is locked for the whole pass, and a pass over 
 converged deployment decides nothing and writes nothing.
 """
 
+import logging
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -35,6 +37,10 @@ from orchestrator.scheduling.snapshot import adopt_nodes, forget_nodes, rescan_n
 from orchestrator.scheduling.spec import host_ports_of, placement_spec
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+# A pass slower than this is logged with what it did (big deployments, contended nodes).
+SLOW_PASS_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def _new_names(deployment: Deployment, count: int, taken: set[str]) -> list[str]:
@@ -84,12 +90,15 @@ class Effects:
 
 def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | None:
     """One pass; returns in how many seconds another pass is due (a toleration running
-    out, a replica becoming available, a progress deadline), or None. With `effects`, what
+    out, a replica becoming available, a progress deadline; AGAIN_NOW when it stopped at
+    BURST_REPLICAS with more to place), or None. With `effects`, what
     is to be sent after the commit is added there for the caller to flush; without, it is
     sent once this pass commits."""
     now = timezone.now()
+    started = time.monotonic()
     touched_nodes: set[int] = set()
     rechecks: list[float] = []
+    placed: set[int] = set()
     with transaction.atomic():
         deployment = (
             Deployment.objects.select_for_update(of=("self",))
@@ -135,25 +144,30 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
             Replica.objects.filter(pk__in=[rows[n].pk for n in plan.delete]).delete()
             for name in plan.delete:
                 del rows[name]
-        if plan.create:
-            record_event(deployment, "ScaledUp", f"created {plan.create} replica(s)", now=now)
+        waiting = [r for r in rows.values() if r.node_id is None and r.phase == Replica.Phase.PENDING]
+        # At most BURST_REPLICAS waiting ones placed, and as many created, per pass; the
+        # rest in the next, at once (replicas with nowhere to go do not hold up creating).
+        waiting, rest = waiting[:BURST_REPLICAS], waiting[BURST_REPLICAS:]
+        create = min(plan.create, BURST_REPLICAS)
+        more = bool(rest) or create < plan.create
+        if create:
+            record_event(deployment, "ScaledUp", f"created {create} replica(s)", now=now)
         if plan.terminate or plan.delete:
             count = len(plan.terminate) + len(plan.delete)
             record_event(deployment, "ScaledDown", f"stopping {count} replica(s)", now=now)
 
-        waiting = [r for r in rows.values() if r.node_id is None and r.phase == Replica.Phase.PENDING]
-        if waiting or plan.create:
+        if waiting or create:
             template, create_revision = deployment.template(), revision
             if plan.create_revision and plan.create_revision != revision:
                 source = next(r for r in rows.values() if r.revision == plan.create_revision)
                 template, create_revision = source.template, source.revision
-            placed, raced = _place(
-                deployment, spec, create_revision, template, waiting, plan.create, rows, now
-            )
+            placed, raced = _place(deployment, spec, create_revision, template, waiting, create, rows, now)
             touched_nodes |= placed
             if raced:
                 rechecks.append(RACE_RETRY_SECONDS)
-            changed = True if (placed or plan.create) else changed
+            if more and (placed or create):
+                rechecks.append(AGAIN_NOW)
+            changed = True if (placed or create) else changed
 
         status_changed, recheck_in, failure = _update_status(
             deployment, list(rows.values()), states, rollout, revision, now
@@ -165,6 +179,12 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         if deployment.is_deleting and not rows:
             deployment.delete()
             changed = True
+        elapsed = time.monotonic() - started
+        if elapsed >= SLOW_PASS_SECONDS:
+            log.info(
+                "pass over deployment %s took %.1f s: %d replica(s), %d created, placed onto %d node(s)",
+                deployment, elapsed, len(rows), create, len(placed),
+            )  # fmt: skip
 
         if touched_nodes and effects is None:
             transaction.on_commit(lambda: dispatch_nodes(touched_nodes))
@@ -283,6 +303,14 @@ def _evict(spec, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str],
     return evicted, recheck_in
 
 
+# Kubernetes' ReplicaSet controller creates at most 500 pods per sync ("burstReplicas"):
+# a deployment of thousands placed in one pass held its lock and thousands of nodes' locks
+# for seconds, and sent thousands of nodes their sets at once, a burst that starved
+# heartbeats. Passes of at most this many replicas follow one another instead, interleaved
+# with other deployments' passes.
+BURST_REPLICAS = 500
+# A pass's "next pass due in" meaning: at once (it stopped at BURST_REPLICAS).
+AGAIN_NOW = 0.0
 MAX_PLACEMENT_ROUNDS = 5
 # Replicas left waiting only because other schedulers won their nodes go again this soon.
 RACE_RETRY_SECONDS = 0.05

@@ -7,7 +7,7 @@ from django.db import OperationalError
 
 from orchestrator import services, tasks
 from orchestrator.controllers import deployment as controller
-from orchestrator.models import Namespace, Replica
+from orchestrator.models import Event, Namespace, Replica
 from orchestrator.scheduling import snapshot
 from orchestrator.scheduling.snapshot import snapshot_held, take_snapshot
 
@@ -309,3 +309,40 @@ def test_a_batch_that_could_not_be_queued_leaves_no_mark_behind(ready_nodes, que
     monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: queued.append(1))
     tasks.request_reconcile(web.pk)
     assert queued == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_big_deployment_is_placed_a_burst_per_pass_and_goes_on_at_once(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1", "h2")
+    monkeypatch.setattr(controller, "BURST_REPLICAS", 3)
+    big, small = create("big", 7), create("small", 1)
+    tasks.reconcile_pending()
+    # three of big's, small's one; big is back in line at once, behind nobody's timer
+    assert Replica.objects.filter(deployment=big).count() == 3
+    assert Replica.objects.filter(deployment=small, node__isnull=False).count() == 1
+    assert {int(pk) for pk in tasks._queued_marks().smembers(tasks._PENDING)} == {big.pk}
+    assert len(queued) == 2
+    tasks.reconcile_pending()
+    tasks.reconcile_pending()
+    assert Replica.objects.filter(deployment=big, node__isnull=False).count() == 7
+    assert not tasks._queued_marks().scard(tasks._PENDING)  # done: not queued again
+    created = Event.objects.filter(name="big", reason="ScaledUp").order_by("first_seen")
+    assert sum(int(e.message.split()[1]) * e.count for e in created) == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_replicas_with_nowhere_to_go_are_not_retried_at_once(ready_nodes, queued, monkeypatch):
+    monkeypatch.setattr(controller, "BURST_REPLICAS", 2)
+    big = create("big", 5)  # no node yet: every pass creates them Pending, two at a time
+    for _ in range(3):
+        tasks.reconcile_pending()
+    assert Replica.objects.filter(deployment=big, node__isnull=True).count() == 5
+    queued.clear()
+    tasks.request_reconcile(big.pk)
+    tasks.reconcile_pending()  # two of five considered, none placed: no pass queued again
+    assert not tasks._queued_marks().scard(tasks._PENDING)
+    ready_nodes("h1")  # room appears: placed, two per pass
+    for _ in range(3):
+        tasks.request_reconcile(big.pk)
+        tasks.reconcile_pending()
+    assert Replica.objects.filter(deployment=big, node__isnull=False).count() == 5
