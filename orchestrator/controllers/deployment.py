@@ -342,7 +342,10 @@ def _place(
             # schedule() counted its picks into the cached nodes: read them again next
             # time, unless they are adopted as they are once this transaction commits.
             forget_nodes(None if result is None else set(result.node_ids))
-        won = claim_nodes({node_id: by_id[node_id].resource_version for node_id in set(result.node_ids)})
+        won = claim_nodes(
+            {node_id: by_id[node_id].resource_version for node_id in set(result.node_ids)},
+            holding=bool(committed),
+        )
         for node_id in won:
             by_id[node_id].resource_version += 1  # as claim_nodes left it
             committed[node_id] = by_id[node_id]

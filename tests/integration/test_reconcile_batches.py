@@ -179,7 +179,7 @@ def test_replicas_that_lost_every_race_go_again_at_once(ready_nodes, monkeypatch
     that reason, and the pass asks to run again at once rather than at the next resync."""
     ready_nodes("h1", "h2")
     web = create("web", 2)
-    monkeypatch.setattr(controller, "claim_nodes", lambda read_versions: set())
+    monkeypatch.setattr(controller, "claim_nodes", lambda read_versions, **_: set())
     assert controller.reconcile_deployment(web.pk) == controller.RACE_RETRY_SECONDS
     assert set(Replica.objects.values_list("node", "message")) == {
         (None, "placement lost to concurrent schedulers; retrying")

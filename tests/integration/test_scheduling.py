@@ -167,11 +167,11 @@ def test_two_schedulers_racing_for_the_same_room(monkeypatch):
     real_claim = controller.claim_nodes
     calls = Counter()
 
-    def claim_after_both_have_read(read_versions):
+    def claim_after_both_have_read(read_versions, **kwargs):
         calls[threading.get_ident()] += 1
         if calls[threading.get_ident()] == 1:
             both_read.wait()
-        return real_claim(read_versions)
+        return real_claim(read_versions, **kwargs)
 
     monkeypatch.setattr(controller, "claim_nodes", claim_after_both_have_read)
     run_concurrently(lambda i: reconcile_deployment([first, second][i].pk), 2)
@@ -179,6 +179,35 @@ def test_two_schedulers_racing_for_the_same_room(monkeypatch):
     loser = Replica.objects.get(node__isnull=True)
     assert loser.message == "0/1 nodes available: 1 insufficient cpu"
     assert sum(calls.values()) == 3  # the loser claimed twice: once lost, once with nothing to place
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claims_of_a_later_round_skip_nodes_held_elsewhere_rather_than_deadlock():
+    """Two passes each hold a node won in a first round, then each claims the other's: a
+    wait would be a deadlock (PostgreSQL would abort one). Each loses that node at once."""
+    from django.db import transaction
+
+    from orchestrator.scheduling.commit import claim_nodes
+
+    first, second = make_nodes(2)
+    versions = {first.pk: first.resource_version, second.pk: second.resource_version}
+    both_hold = threading.Barrier(2, timeout=20)
+    results = {}
+
+    def scheduler(i):
+        mine, theirs = (first.pk, second.pk) if i == 0 else (second.pk, first.pk)
+        with transaction.atomic():
+            held = claim_nodes({mine: versions[mine]})
+            both_hold.wait()
+            results[i] = (held, claim_nodes({theirs: versions[theirs]}, holding=True))
+            both_hold.wait()  # neither commits before both have claimed
+
+    run_concurrently(scheduler, 2)
+    assert results == {0: ({first.pk}, set()), 1: ({second.pk}, set())}
+    assert sorted(Node.objects.values_list("resource_version", flat=True)) == [
+        first.resource_version + 1,
+        second.resource_version + 1,
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
