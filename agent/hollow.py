@@ -184,8 +184,19 @@ async def report_progress(nodes: Sequence[HollowNode], counts: FleetCounts, inte
     started = time.monotonic()
     last = None
     frozen = False
+    loop = asyncio.get_running_loop()
     while True:
+        before = loop.time()
         await asyncio.sleep(interval)
+        late = loop.time() - before - interval
+        if late >= LOOP_LAG_REPORTED:
+            # Every node's heartbeat waited as long: past the grace the control plane sees
+            # them go silent (not the control plane's fault: this one process is behind).
+            print(
+                f"hollow: {time.strftime('%H:%M:%S')} event loop ran {late:.1f} s late",
+                file=sys.stderr,
+                flush=True,
+            )
         if not frozen and counts.connected == len(nodes):
             # What the fleet holds once up (sessions, credentials, profiles) lives as long as
             # it does: taken out of garbage collection, full collections stop walking it
@@ -310,6 +321,9 @@ async def _main(profiles: Sequence[NodeProfile], template: AgentConfig, args: ar
 
 
 GC_PAUSE_REPORTED = 0.5  # seconds
+
+
+LOOP_LAG_REPORTED = 2.0  # seconds
 
 
 def _watch_gc_pauses() -> None:

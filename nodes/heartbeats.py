@@ -43,11 +43,38 @@ def data_epoch() -> int:
     return _data_epoch
 
 
+# A heartbeat is stamped when this process handles it, so an event loop running late
+# stamps beats late, and the node monitor may call nodes silent that are not: such lags
+# are logged (the operator's cue to add web processes or cores).
+LAG_CHECK_SECONDS = 0.5
+LAG_WARNING_SECONDS = 2.0
+_watchers: dict = {}  # event loop -> its lag watcher
+
+
+async def _watch_lag() -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(LAG_CHECK_SECONDS)
+        late = loop.time() - started - LAG_CHECK_SECONDS
+        if late >= LAG_WARNING_SECONDS:
+            log.warning(
+                "this web process's event loop ran %.1f s late: agents' heartbeats waited that "
+                "long (the node grace is %g s); it needs more CPU or more web processes",
+                late, settings.NODE_GRACE_SECONDS,
+            )  # fmt: skip
+
+
 async def record(node_id: int, timestamp: float) -> None:
     import asyncio
 
     loop = asyncio.get_running_loop()
     _pending.setdefault(loop, {})[str(node_id)] = repr(timestamp)
+    watcher = _watchers.get(loop)
+    if watcher is None or watcher.done():
+        _watchers[loop] = loop.create_task(_watch_lag(), name="berth-loop-lag")
     flusher = _flushers.get(loop)
     if flusher is None or flusher.done():
         _flushers[loop] = loop.create_task(_flush_soon(loop))

@@ -67,11 +67,16 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
             if last_heartbeat is None or last - last_heartbeat >= _COARSE:
                 refresh.append((pk, last))
         if refresh:
-            with connection.cursor() as cursor:  # one statement (bulk_update builds a CASE per row)
+            # One statement (bulk_update builds a CASE per row). Rows another transaction
+            # holds (a scheduler's claim, a dispatch) are left for a later pass: waiting for
+            # them, in no particular order, deadlocked with those who lock nodes in id order.
+            ids = [pk for pk, _ in refresh]
+            with connection.cursor() as cursor:
                 cursor.execute(
                     "UPDATE nodes_node AS n SET last_heartbeat = v.beat "
-                    "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, beat) WHERE n.id = v.id",
-                    [[pk for pk, _ in refresh], [beat for _, beat in refresh]],
+                    "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, beat) WHERE n.id = v.id "
+                    "AND n.id IN (SELECT id FROM nodes_node WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)",
+                    [ids, [beat for _, beat in refresh], ids],
                 )
         for node in (
             Node.objects.select_for_update().filter(pk__in=silent, status=Node.Status.READY).order_by("pk")

@@ -141,6 +141,44 @@ def test_after_redis_lost_the_heartbeats_every_node_gets_a_fresh_grace():
         assert resync.call_count == 1
 
 
+def test_the_monitor_does_not_wait_for_a_node_another_transaction_holds():
+    """Refreshing the coarse last_heartbeat skips a node a scheduler or dispatch holds
+    (waiting for it, in no order, deadlocked with them); a later pass refreshes it."""
+    import threading
+
+    from django.db import connection, transaction
+
+    node, _ = enroll()
+    now = timezone.now()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=None)
+    run(heartbeats.record, node.pk, now.timestamp())
+    run(heartbeats.flush)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                list(Node.objects.select_for_update().filter(pk=node.pk))
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert monitor_nodes(now=now) == []
+        assert time.monotonic() - started < 5  # it did not wait for the holder
+        assert Node.objects.get(pk=node.pk).last_heartbeat is None
+    finally:
+        release.set()
+        holder.join(30)
+    assert monitor_nodes(now=now) == []
+    assert Node.objects.get(pk=node.pk).last_heartbeat is not None
+
+
 def test_a_web_process_starting_gives_every_node_a_fresh_grace():
     node, _ = enroll()
     grace = timedelta(seconds=settings.NODE_GRACE_SECONDS)
