@@ -20,6 +20,7 @@ from nodes.sessions import GROUP_REFRESH_SECONDS, mark_node_lost
 from orchestrator.dispatch import dispatch_nodes
 from orchestrator.events import record_event
 from orchestrator.locks import try_transaction_lock
+from orchestrator.models import Replica
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,19 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
                     "AND n.id IN (SELECT id FROM nodes_node WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)",
                     [ids, [beat for _, beat in refresh], ids],
                 )
-        for node in (
+        candidates = list(
             Node.objects.select_for_update().filter(pk__in=silent, status=Node.Status.READY).order_by("pk")
-        ):
+        )
+        if candidates:
+            # Their replicas turn Unknown below, node by node: lock them all first, in pk
+            # order as report application does, or the two deadlock.
+            list(
+                Replica.objects.select_for_update()
+                .filter(node_id__in=[node.pk for node in candidates], phase__in=Replica.REPORTABLE)
+                .order_by("pk")
+                .values_list("pk", flat=True)
+            )
+        for node in candidates:
             silence = now - last_seen(node.pk, node.last_heartbeat, node.status_changed_at)
             if silence <= grace:
                 continue  # it beat while we looked
