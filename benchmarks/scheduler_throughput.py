@@ -224,7 +224,7 @@ def cpu_seconds(root: int | None) -> float:
 
 
 class Profiler:
-    """py-spy sampling the web process and the workers (with their pool children)."""
+    """py-spy sampling the web process, the workers (with their pool children) and the hollow fleet."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -276,7 +276,7 @@ def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
             continue
         own[_short(frames[-1])] += count
         for frame in set(frames):
-            if any(part in frame for part in ("orchestrator/", "nodes/", "web/")):
+            if any(part in frame for part in ("orchestrator/", "nodes/", "web/", "agent/")):
                 inside[_short(frame)] += count
     pct = lambda n: round(100 * n / total, 1) if total else 0.0  # noqa: E731
     return {
@@ -582,7 +582,9 @@ def main() -> None:
         if args.profile:
             profiler = Profiler(Path(args.profile_dir))
             if profiler.available():
-                profiler.start({k: v for k, v in processes.items() if k == "web" or k.startswith("worker")})
+                profiler.start(
+                    {k: v for k, v in processes.items() if k in ("web", "hollow") or k.startswith("worker")}
+                )
                 time.sleep(1)  # py-spy attaches
             else:
                 log(f"--profile: py-spy not found at {profiler.binary}; pip install py-spy")
