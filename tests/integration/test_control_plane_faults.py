@@ -151,8 +151,12 @@ def test_the_monitor_does_not_wait_for_a_node_another_transaction_holds():
     node, _ = enroll()
     now = timezone.now()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=None)
-    run(heartbeats.record, node.pk, now.timestamp())
-    run(heartbeats.flush)
+
+    async def beat():
+        await heartbeats.record(node.pk, now.timestamp())
+        await heartbeats.flush()
+
+    run(beat)
     holding, release = threading.Event(), threading.Event()
 
     def hold():
@@ -177,6 +181,37 @@ def test_the_monitor_does_not_wait_for_a_node_another_transaction_holds():
         holder.join(30)
     assert monitor_nodes(now=now) == []
     assert Node.objects.get(pk=node.pk).last_heartbeat is not None
+
+
+def test_each_monitor_pass_writes_the_coarse_last_heartbeat_of_a_share_of_the_nodes():
+    """Not every node's every pass: a node's stored time moves once in about 30 s."""
+    from nodes.controllers.monitor import _COARSE
+
+    interval = settings.NODE_MONITOR_INTERVAL_SECONDS
+    turns = max(1, round(_COARSE.total_seconds() / interval))
+    now = timezone.now()
+    before = now - timedelta(minutes=5)
+    nodes = [
+        Node.objects.create(name=f"c{i}", status=Node.Status.READY, last_heartbeat=before) for i in range(4)
+    ]
+
+    async def beat(moment):
+        for node in nodes:
+            await heartbeats.record(node.pk, moment.timestamp())
+        await heartbeats.flush()
+
+    written = set()
+    for step in range(turns):
+        moment = now + timedelta(seconds=step * interval)
+        turn = int(moment.timestamp() / interval) % turns
+        run(beat, moment)
+        assert monitor_nodes(now=moment) == []
+        moved = {
+            n.pk for n in Node.objects.filter(pk__in=[n.pk for n in nodes]) if n.last_heartbeat != before
+        }
+        assert moved - written == {n.pk for n in nodes if n.pk % turns == turn} - written
+        written |= moved
+    assert written == {n.pk for n in nodes}  # every node's turn came within _COARSE
 
 
 def test_a_web_process_starting_gives_every_node_a_fresh_grace():
