@@ -37,6 +37,11 @@ from orchestrator.scheduling.snapshot import adopt_nodes, forget_nodes, rescan_n
 from orchestrator.scheduling.spec import host_ports_of, placement_spec
 
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+# The replica fields a pass reads (others it only writes).
+_PASS_FIELDS = (
+    "uid", "namespace_id", "deployment_id", "name", "node_id", "phase", "message", "ready",
+    "ready_since", "revision", "restart_count", "created_at",
+)  # fmt: skip
 # A pass slower than this is logged with what it did (big deployments, contended nodes).
 SLOW_PASS_SECONDS = 1.0
 
@@ -111,8 +116,10 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         # Not locked: the deployment's lock keeps other passes out, and agents' reports (which
         # write only what they observe, and never to a Terminating replica) need not wait
         # for a pass. What a report changes meanwhile asks for another pass.
-        # The template (JSON) is read only when an old revision's must be copied.
-        rows = {r.name: r for r in deployment.replica_set.defer("template").order_by("pk")}
+        # Only what a pass reads: a pass asked for by agents' reports reads every replica of
+        # its deployment (thousands), and timestamps and JSON are the costly columns. The
+        # template is read only when an old revision's must be copied.
+        rows = {r.name: r for r in deployment.replica_set.only(*_PASS_FIELDS).order_by("pk")}
         spec = placement_spec(deployment)
         nodes = _nodes_of(rows.values())
         evicted, recheck_in = _evict(spec, rows, nodes, now)

@@ -346,3 +346,34 @@ def test_waiting_replicas_with_nowhere_to_go_are_not_retried_at_once(ready_nodes
         tasks.request_reconcile(big.pk)
         tasks.reconcile_pending()
     assert Replica.objects.filter(deployment=big, node__isnull=False).count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_never_loads_a_replica_field_one_row_at_a_time(ready_nodes):
+    """A pass reads a subset of the replica's fields; touching another would load it with a
+    query per replica (thousands at scale)."""
+    import re
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from nodes.models import Node
+
+    h1, h2 = ready_nodes("h1", "h2")
+    web = create("web", 4)
+    controller.reconcile_deployment(web.pk)
+    now = timezone.now()
+    Replica.objects.update(phase=Replica.Phase.RUNNING, ready=True, ready_since=now, started_at=now)
+    # Every path: a status pass, an eviction (NoExecute), a lost node's replicas replaced, a scale-down.
+    Node.objects.filter(pk=h1.pk).update(taints=[{"key": "k", "value": "", "effect": "NoExecute"}])
+    long_ago = now.replace(year=2000)
+    Node.objects.filter(pk=h2.pk).update(status=Node.Status.NOT_READY, status_changed_at=long_ago)
+    Replica.objects.filter(node=h2).update(phase=Replica.Phase.UNKNOWN)
+    web.replicas = 2
+    web.save(update_fields=["replicas"])
+    one_row = re.compile(r'FROM "orchestrator_replica" WHERE "orchestrator_replica"."id" = ')
+    with CaptureQueriesContext(connection) as captured:
+        controller.reconcile_deployment(web.pk)
+    assert Replica.objects.filter(phase=Replica.Phase.TERMINATING).count() == 4
+    assert not [q["sql"] for q in captured if one_row.search(q["sql"])]
