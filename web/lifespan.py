@@ -4,6 +4,7 @@ import logging
 import time
 
 from nodes import heartbeats
+from web import gc_pauses
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,7 @@ async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            gc_pauses.watch()
             try:
                 await heartbeats.restart_tracking(time.time())
             except Exception as exc:  # Redis is down: nothing to protect (the monitor cannot run)
