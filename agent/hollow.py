@@ -6,13 +6,14 @@ in-memory engine (runtime/fake.py) instead of Docker. The control plane cannot t
 apart, so they measure it; they never stand in for real hosts in feature tests.
 
     python -m agent.hollow --server http://127.0.0.1:8000 --join-token berth_join_... \\
-        --count 1000 [--prefix hollow-] [--state-dir DIR] [--seed 1] [--connect-rate 200]
+        --count 1000 [--prefix hollow-] [--state-dir DIR] [--seed 1] [--connect-rate 200] [--processes 1]
 
 The fleet is a deterministic mix drawn from `--seed`: sizes (2-16 cores, 4-32 GiB), labels
 `zone` (a-d), `disk` (ssd/hdd), `tier` (web/batch/general), `hollow=true`, and a few images
 each. Nodes start at most `--connect-rate` per second, with a bounded number of handshakes
 in flight, so a large fleet does not knock all at once; credentials are kept per node in
-`--state-dir` and reused on a rerun (no new enrollment). Progress goes to stderr.
+`--state-dir` and reused on a rerun (no new enrollment). Progress goes to stderr, one line
+per process. `--processes N` splits the fleet over N forked processes (every Nth node each).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import random
 import resource
 import shutil
@@ -260,13 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds each engine action takes")
     parser.add_argument("--progress-interval", type=float, default=2.0, help="seconds between progress lines")
     parser.add_argument("--log-level", default="WARNING", help="of the agents' logs (default: WARNING)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split the fleet over this many processes, each running every Nth node (default 1)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.count < 1 or args.connect_rate <= 0 or args.latency < 0:
-        print("hollow: --count must be at least 1, --connect-rate positive, --latency >= 0", file=sys.stderr)
+    if args.count < 1 or args.connect_rate <= 0 or args.latency < 0 or not 1 <= args.processes <= args.count:
+        print(
+            "hollow: --count must be at least 1, --connect-rate positive, --latency >= 0, "
+            "--processes between 1 and --count",
+            file=sys.stderr,
+        )
         return 2
     temporary = args.state_dir is None
     state_dir = Path(args.state_dir or tempfile.mkdtemp(prefix="berth-hollow-"))
@@ -290,6 +302,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Thousands of sessions allocate fast: young collections less often, so that fewer
     # short-lived objects (frames, statuses) survive into the generations full collections walk.
     gc.set_threshold(50_000, 20, 10)
+    # Several processes, as kubemark runs its hollow nodes in many pods: one process for
+    # thousands of nodes lags behind in bursts (every node's heartbeat with it), which a
+    # fleet of real servers never does. Forked before any loop or thread exists.
+    shard, children = 0, []
+    for index in range(1, args.processes):
+        pid = os.fork()
+        if pid == 0:
+            shard, children = index, []
+            _die_with_parent()
+            break
+        children.append(pid)
+    profiles = profiles[shard :: args.processes]
+    args.connect_rate /= args.processes
     _watch_gc_pauses()
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -297,9 +322,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if temporary:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        if temporary and shard == 0:
             shutil.rmtree(state_dir, ignore_errors=True)
     return 0
+
+
+def _die_with_parent() -> None:
+    """A forked shard gets SIGTERM when the first process dies (Linux), even if killed outright."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def _main(profiles: Sequence[NodeProfile], template: AgentConfig, args: argparse.Namespace) -> None:

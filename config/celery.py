@@ -4,7 +4,7 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -37,3 +37,10 @@ def _resync_on_start(sender, **kwargs):
         app.send_task("orchestrator.resync")
     except Exception as exc:  # the broker is down: the periodic resync will run once it is back
         logging.getLogger(__name__).warning("no resync at worker start: %s", exc)
+
+
+@worker_process_init.connect
+def _tune_gc(**kwargs):
+    from config import gc_tuning
+
+    gc_tuning.tune("worker process")

@@ -3,8 +3,8 @@
 import logging
 import time
 
+from config import gc_tuning
 from nodes import heartbeats
-from web import gc_pauses
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            gc_pauses.watch()
+            gc_tuning.tune("web process")
             try:
                 await heartbeats.restart_tracking(time.time())
             except Exception as exc:  # Redis is down: nothing to protect (the monitor cannot run)

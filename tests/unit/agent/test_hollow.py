@@ -152,3 +152,71 @@ def test_fleet_is_a_deterministic_mix():
     assert {p.labels["tier"] for p in profiles} == {"web", "batch", "general"}
     assert all(p.images[0] == BASE_IMAGE for p in profiles)
     assert len({p.images for p in profiles}) > 50  # image locality has something to tell apart
+
+
+def test_processes_split_the_fleet_and_stop_together(tmp_path):
+    """`--processes 2`: two processes serve the fleet between them (each node once); a
+    SIGTERM to the first stops the other too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from agent.credential import save_credential
+
+    profiles = fleet(6, prefix="s-", seed=5)
+    names = [p.name for p in profiles]
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    for name in names:  # enrolled before: no join token needed
+        save_credential(tmp_path / name, Credential(server=server, node=name, credential=f"cred-{name}"))
+    plane = StandInControlPlane()
+    connections: Counter[str] = Counter()
+    serving = plane.serve
+
+    async def counting(ws, node):
+        connections[node] += 1
+        await serving(ws, node)
+
+    plane.serve = counting
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def run_plane():
+        async with serve(plane.handler, "127.0.0.1", port, process_request=plane.process_request):
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run_plane(),), daemon=True)
+    thread.start()
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.hollow", "--server", server, "--count", "6", "--prefix", "s-",
+         "--seed", "5", "--state-dir", str(tmp_path), "--processes", "2", "--progress-interval", "0.2"],
+        cwd=root, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not plane.done(names):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, f"not all nodes ran: {plane.running}"
+            time.sleep(0.05)
+        children = [
+            int(pid)
+            for task in os.listdir(f"/proc/{proc.pid}/task")
+            for pid in Path(f"/proc/{proc.pid}/task/{task}/children").read_text().split()
+        ]
+        assert len(children) == 1
+        assert dict(connections) == dict.fromkeys(names, 1)  # each node in one process only
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{children[0]}").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
