@@ -63,7 +63,7 @@ def run(args) -> dict:
 
     from agent.hollow import fleet
     from nodes.models import Node
-    from orchestrator.controllers.deployment import Effects, reconcile_deployment
+    from orchestrator.controllers.deployment import AGAIN_NOW, Effects, reconcile_deployment
     from orchestrator.models import Deployment, Namespace, Replica
     from orchestrator.scheduling.snapshot import snapshot_held
     from orchestrator.tasks import BATCH
@@ -94,18 +94,25 @@ def run(args) -> dict:
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    for start in range(0, len(ids), BATCH):
-        effects = Effects()
-        with snapshot_held():
-            for pk in ids[start : start + BATCH]:
-                reconcile_deployment(pk, effects)
-        effects.flush()
+    todo = list(ids)
+    while todo:  # a pass stops at BURST_REPLICAS: its deployment goes again, as in the task
+        again = []
+        for start in range(0, len(todo), BATCH):
+            effects = Effects()
+            with snapshot_held():
+                for pk in todo[start : start + BATCH]:
+                    if reconcile_deployment(pk, effects) == AGAIN_NOW:
+                        again.append(pk)
+            effects.flush()
+        todo = again
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
     elapsed = time.perf_counter() - started
     placed = Replica.objects.filter(node__isnull=False).count()
     pending = Replica.objects.filter(node__isnull=True).count()
+    if placed + pending != args.replicas:
+        raise SystemExit(f"placement_db: {placed + pending} replicas exist, {args.replicas} wanted")
     log(f"{placed} placed, {pending} pending in {elapsed:.2f} s")
 
     pure_s, _ = pure_run(args, min_nodes_to_score=100)  # the reference: schedule() alone
