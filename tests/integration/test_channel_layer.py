@@ -98,8 +98,12 @@ def test_group_send_many_gives_each_member_its_groups_message_in_a_few_round_tri
         return [m["n"] for m in got], extra["n"], far["n"], used
 
     got, extra, far, used = async_to_sync(scenario)()
+    # channels[2] is in g1 and g2: it gets both (messages added in one call share a score,
+    # so which comes first is not defined); the other process's channel gets g0's
+    assert sorted([got[2], extra]) == [1, 2]
+    got[2] = 2
     assert got == list(range(count))
-    assert {extra, far} == {1, 0}  # channels[2] got g1's too; the other process g0's
+    assert far == 0
     # one ZRANGE per group (pipelined into one round trip), and one script call per chunk
     # per inbox: channels_redis's group_send makes an EVAL per group
     assert used <= count + 1 + (count // SEND_CHUNK + 1) + 1
