@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -252,6 +253,8 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
     desired set again, so its agent stops it on reconnect (fencing)."""
     replaced, recheck_in = [], None
     tolerate = deployment.node_loss_toleration_seconds
+    disruption: str | None = None  # read once, when a replacement is due
+    paused = 0
     for replica in rows.values():
         node = nodes.get(replica.node_id)
         if replica.phase != Replica.Phase.UNKNOWN or node is None or node["status"] == Node.Status.READY:
@@ -259,6 +262,15 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
         remaining = tolerate - (now - node["status_changed_at"]).total_seconds()
         if remaining > 0:
             recheck_in = remaining if recheck_in is None else min(recheck_in, remaining)
+            continue
+        if disruption is None:
+            disruption = mass_disruption() or ""
+        if disruption:
+            recheck_in = min(recheck_in or DISRUPTION_RECHECK_SECONDS, DISRUPTION_RECHECK_SECONDS)
+            if replica.message != PAUSED_MESSAGE:
+                replica.message = PAUSED_MESSAGE
+                replica.save(update_fields=["message", "updated_at"])
+                paused += 1
             continue
         replica.phase = Replica.Phase.TERMINATING
         replica.ready = False
@@ -268,7 +280,42 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
         replica.save(update_fields=["phase", "ready", "message", "updated_at"])
         record_event(replica, "NodeLost", replica.message, warning=True, now=now)
         replaced.append(replica.name)
+    if paused:
+        message = f"{paused} replica(s) on lost nodes wait: {disruption}"
+        record_event(deployment, "ReplacementPaused", message, warning=True, now=now)
     return replaced, recheck_in
+
+
+# Kubernetes' node lifecycle controller stops evicting when most of a large zone is NotReady
+# at once (--unhealthy-zone-threshold 0.55, --large-cluster-size-threshold 50): that many
+# servers failing together is far less likely than the control plane or its network
+# failing, and moving all their replicas would pile the work onto the few nodes left (and,
+# on an overloaded control plane, make the next heartbeats later still: a cascade).
+DISRUPTION_SHARE = 0.55
+DISRUPTION_MIN_NODES = 50
+DISRUPTION_RECHECK_SECONDS = 5.0
+
+
+PAUSED_MESSAGE = (
+    "replacement paused: most nodes are NotReady, which points at the control plane or the "
+    f"network rather than the servers; replaced once fewer than {DISRUPTION_SHARE:.0%} are"
+)
+
+
+def mass_disruption() -> str | None:
+    """Why replicas of lost nodes are not to be replaced now (most of a large fleet is
+    NotReady), or None."""
+    counts = Node.objects.aggregate(
+        total=Count("pk"), not_ready=Count("pk", filter=Q(status=Node.Status.NOT_READY))
+    )
+    total, not_ready = counts["total"], counts["not_ready"]
+    if total < DISRUPTION_MIN_NODES or not_ready < DISRUPTION_SHARE * total:
+        return None
+    return (
+        f"replacement paused: {not_ready} of {total} nodes are NotReady (at least "
+        f"{DISRUPTION_SHARE:.0%}), which points at the control plane or the network rather than "
+        f"the servers; replicas of lost nodes are replaced once fewer are"
+    )
 
 
 def _evict(spec, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str], float | None]:

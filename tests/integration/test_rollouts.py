@@ -258,6 +258,41 @@ def test_replicas_of_a_lost_node_are_replaced_after_the_toleration(ready_nodes):
     assert fenced.name not in [entry["name"] for entry in dict(desired_sets([h1.pk]))[h1.pk]["replicas"]]
 
 
+def test_when_most_of_a_large_fleet_is_lost_its_replicas_wait_instead_of_moving(ready_nodes):
+    """Kubernetes' zone disruption rule: 55 % of 50 or more nodes NotReady at once is a
+    control-plane or network failure far more often than a server one. Replacing stops
+    (said on the replicas and as an event), and resumes once fewer are NotReady."""
+    from orchestrator import services
+    from orchestrator.controllers.deployment import DISRUPTION_MIN_NODES, PAUSED_MESSAGE
+    from orchestrator.models import Namespace
+
+    nodes = ready_nodes(*(f"h{i:02d}" for i in range(DISRUPTION_MIN_NODES)))
+    services.do_create_deployment(
+        Namespace.objects.get(name="default"),
+        {"name": "web", "image": "busybox:1", "replicas": 4, "node_loss_toleration_seconds": 0},
+        None,
+    )
+    converge()
+    placed_on = set(Replica.objects.values_list("node_id", flat=True))
+    lost = [n.pk for n in nodes if n.pk in placed_on] + [n.pk for n in nodes if n.pk not in placed_on][:24]
+    assert len(lost) == 28  # 56 % of 50
+    long_ago = timezone.now() - timedelta(minutes=1)
+    Node.objects.filter(pk__in=lost).update(status=Node.Status.NOT_READY, status_changed_at=long_ago)
+    Replica.objects.update(phase=Replica.Phase.UNKNOWN, ready=False)
+
+    recheck = reconcile_deployment(deployment().pk)
+    assert recheck is not None and recheck <= 5
+    assert not Replica.objects.filter(phase=Replica.Phase.TERMINATING).exists()
+    assert set(Replica.objects.values_list("message", flat=True)) == {PAUSED_MESSAGE}
+    event = Event.objects.get(reason="ReplacementPaused")
+    assert "4 replica(s) on lost nodes wait: replacement paused: 28 of 50 nodes are NotReady" in event.message
+
+    Node.objects.filter(pk__in=lost[4:]).update(status=Node.Status.READY)  # 4 of 50 still lost
+    reconcile_deployment(deployment().pk)
+    assert Replica.objects.filter(phase=Replica.Phase.TERMINATING).count() == 4
+    assert Replica.objects.filter(phase=Replica.Phase.PENDING, node__isnull=False).count() == 4
+
+
 def test_drain_moves_replicas_away_honouring_max_unavailable(ready_nodes):
     h1, _, _ = ready_nodes("h1", "h2", "h3")
     from orchestrator import services
