@@ -15,6 +15,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -264,8 +265,8 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
             recheck_in = remaining if recheck_in is None else min(recheck_in, remaining)
             continue
         if disruption is None:
-            disruption = mass_disruption() or ""
-        if disruption:
+            disruption = mass_disruption(now) or ""
+        if disruption and now - node["status_changed_at"] < DISRUPTION_WINDOW:
             recheck_in = min(recheck_in or DISRUPTION_RECHECK_SECONDS, DISRUPTION_RECHECK_SECONDS)
             if replica.message != PAUSED_MESSAGE:
                 replica.message = PAUSED_MESSAGE
@@ -290,31 +291,35 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
 # at once (--unhealthy-zone-threshold 0.55, --large-cluster-size-threshold 50): that many
 # servers failing together is far less likely than the control plane or its network
 # failing, and moving all their replicas would pile the work onto the few nodes left (and,
-# on an overloaded control plane, make the next heartbeats later still: a cascade).
+# on an overloaded control plane, make the next heartbeats later still: a cascade). Only
+# nodes lost within DISRUPTION_WINDOW count (one long gone is not part of an outage), and
+# no replica waits longer than that after its node was lost.
 DISRUPTION_SHARE = 0.55
 DISRUPTION_MIN_NODES = 50
+DISRUPTION_WINDOW = timedelta(minutes=5)
 DISRUPTION_RECHECK_SECONDS = 5.0
-
-
 PAUSED_MESSAGE = (
-    "replacement paused: most nodes are NotReady, which points at the control plane or the "
-    f"network rather than the servers; replaced once fewer than {DISRUPTION_SHARE:.0%} are"
+    "replacement paused: most nodes turned NotReady at once, which points at the control plane "
+    f"or the network rather than the servers; replaced once fewer than {DISRUPTION_SHARE:.0%} are, "
+    f"or {DISRUPTION_WINDOW.total_seconds() / 60:g} min after the node was lost"
 )
 
 
-def mass_disruption() -> str | None:
-    """Why replicas of lost nodes are not to be replaced now (most of a large fleet is
-    NotReady), or None."""
+def mass_disruption(now) -> str | None:
+    """Why replicas of recently lost nodes are not to be replaced now (most of a large fleet
+    turned NotReady within DISRUPTION_WINDOW), or None."""
     counts = Node.objects.aggregate(
-        total=Count("pk"), not_ready=Count("pk", filter=Q(status=Node.Status.NOT_READY))
+        ready=Count("pk", filter=Q(status=Node.Status.READY)),
+        lost=Count(
+            "pk", filter=Q(status=Node.Status.NOT_READY, status_changed_at__gte=now - DISRUPTION_WINDOW)
+        ),
     )
-    total, not_ready = counts["total"], counts["not_ready"]
-    if total < DISRUPTION_MIN_NODES or not_ready < DISRUPTION_SHARE * total:
+    total, lost = counts["ready"] + counts["lost"], counts["lost"]
+    if total < DISRUPTION_MIN_NODES or lost < DISRUPTION_SHARE * total:
         return None
     return (
-        f"replacement paused: {not_ready} of {total} nodes are NotReady (at least "
-        f"{DISRUPTION_SHARE:.0%}), which points at the control plane or the network rather than "
-        f"the servers; replicas of lost nodes are replaced once fewer are"
+        f"replacement paused: {lost} of {total} nodes turned NotReady in the last "
+        f"{DISRUPTION_WINDOW.total_seconds() / 60:g} min (at least {DISRUPTION_SHARE:.0%})"
     )
 
 

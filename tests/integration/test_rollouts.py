@@ -266,7 +266,7 @@ def test_when_most_of_a_large_fleet_is_lost_its_replicas_wait_instead_of_moving(
     from orchestrator.controllers.deployment import DISRUPTION_MIN_NODES, PAUSED_MESSAGE
     from orchestrator.models import Namespace
 
-    nodes = ready_nodes(*(f"h{i:02d}" for i in range(DISRUPTION_MIN_NODES)))
+    nodes = ready_nodes(*(f"h{i:02d}" for i in range(DISRUPTION_MIN_NODES + 10)))
     services.do_create_deployment(
         Namespace.objects.get(name="default"),
         {"name": "web", "image": "busybox:1", "replicas": 4, "node_loss_toleration_seconds": 0},
@@ -274,10 +274,10 @@ def test_when_most_of_a_large_fleet_is_lost_its_replicas_wait_instead_of_moving(
     )
     converge()
     placed_on = set(Replica.objects.values_list("node_id", flat=True))
-    lost = [n.pk for n in nodes if n.pk in placed_on] + [n.pk for n in nodes if n.pk not in placed_on][:24]
-    assert len(lost) == 28  # 56 % of 50
-    long_ago = timezone.now() - timedelta(minutes=1)
-    Node.objects.filter(pk__in=lost).update(status=Node.Status.NOT_READY, status_changed_at=long_ago)
+    lost = [n.pk for n in nodes if n.pk in placed_on] + [n.pk for n in nodes if n.pk not in placed_on][:30]
+    assert len(lost) == 34  # 57 % of 60
+    a_minute_ago = timezone.now() - timedelta(minutes=1)
+    Node.objects.filter(pk__in=lost).update(status=Node.Status.NOT_READY, status_changed_at=a_minute_ago)
     Replica.objects.update(phase=Replica.Phase.UNKNOWN, ready=False)
 
     recheck = reconcile_deployment(deployment().pk)
@@ -285,9 +285,18 @@ def test_when_most_of_a_large_fleet_is_lost_its_replicas_wait_instead_of_moving(
     assert not Replica.objects.filter(phase=Replica.Phase.TERMINATING).exists()
     assert set(Replica.objects.values_list("message", flat=True)) == {PAUSED_MESSAGE}
     event = Event.objects.get(reason="ReplacementPaused")
-    assert "4 replica(s) on lost nodes wait: replacement paused: 28 of 50 nodes are NotReady" in event.message
+    assert (
+        "4 replica(s) on lost nodes wait: replacement paused: 34 of 60 nodes turned NotReady" in event.message
+    )
 
-    Node.objects.filter(pk__in=lost[4:]).update(status=Node.Status.READY)  # 4 of 50 still lost
+    # One of them was lost longer than the window ago: its replica goes, the others wait
+    # (33 of the 59 nodes that count are still a disruption).
+    first = Replica.objects.order_by("pk").first()
+    Node.objects.filter(pk=first.node_id).update(status_changed_at=timezone.now() - timedelta(minutes=6))
+    reconcile_deployment(deployment().pk)
+    assert list(Replica.objects.filter(phase=Replica.Phase.TERMINATING)) == [first]
+
+    Node.objects.filter(pk__in=lost[4:]).update(status=Node.Status.READY)  # 4 of 60 still lost
     reconcile_deployment(deployment().pk)
     assert Replica.objects.filter(phase=Replica.Phase.TERMINATING).count() == 4
     assert Replica.objects.filter(phase=Replica.Phase.PENDING, node__isnull=False).count() == 4
