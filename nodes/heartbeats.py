@@ -48,10 +48,11 @@ def data_epoch() -> int:
 # are logged (the operator's cue to add web processes or cores).
 LAG_CHECK_SECONDS = 0.5
 LAG_WARNING_SECONDS = 2.0
-_watchers: dict = {}  # event loop -> its lag watcher
 
 
-async def _watch_lag() -> None:
+async def watch_lag() -> None:
+    """Log whenever this event loop runs LAG_WARNING_SECONDS late, until cancelled (a web
+    process starts it once, at startup: web/lifespan.py)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -72,9 +73,6 @@ async def record(node_id: int, timestamp: float) -> None:
 
     loop = asyncio.get_running_loop()
     _pending.setdefault(loop, {})[str(node_id)] = repr(timestamp)
-    watcher = _watchers.get(loop)
-    if watcher is None or watcher.done():
-        _watchers[loop] = loop.create_task(_watch_lag(), name="berth-loop-lag")
     flusher = _flushers.get(loop)
     if flusher is None or flusher.done():
         _flushers[loop] = loop.create_task(_flush_soon(loop))
