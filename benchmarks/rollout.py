@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 import uuid
 
+from cputime import CpuMeter, processes_matching
 from realhosts import PRODUCTION_SETTINGS, PRODUCTION_TIMINGS, real_cluster
 
 from tests.harness.waiting import wait_for
@@ -82,14 +84,16 @@ def single(api) -> float:
     return elapsed
 
 
-def rollout(api, hosts, replicas: int) -> float:
+def rollout(api, hosts, replicas: int, meter: CpuMeter) -> float:
     name = f"roll-{uuid.uuid4().hex[:6]}"
     api.post(DEPLOYMENTS, json=spec(name, replicas)).raise_for_status()
     wait_available(api, name, replicas, 1)
+    meter.start()
     started = time.monotonic()
     api.patch(f"{DEPLOYMENTS}{name}/", json={"env": {"VERSION": "2"}}).raise_for_status()
     wait_available(api, name, replicas, 2)
     elapsed = time.monotonic() - started
+    meter.stop()
     api.delete(f"{DEPLOYMENTS}{name}/").raise_for_status()
     wait_for(
         lambda: (
@@ -118,6 +122,29 @@ def engine_start(host, count: int) -> float:
     return elapsed
 
 
+def cpu_meter(plane, services, hosts) -> CpuMeter:
+    """Where the CPU of the rollouts goes: each process of the control plane, the agents, and
+    the engines (dockerd, containerd, the shims with the containers and the hooks they ran)."""
+
+    def engines():
+        for host in hosts:
+            yield from (p.pid for p in (host.engine.dockerd, host.engine.containerd) if p)
+            yield from processes_matching("containerd-shim", str(host.engine.containerd_socket))
+
+    return CpuMeter(
+        {
+            "web": lambda: [plane.procs["web"].pid],
+            "worker": lambda: [plane.procs["worker"].pid],
+            "beat": lambda: [plane.procs["beat"].pid],
+            "postgres": lambda: [services.postgres.proc.pid],
+            "redis": lambda: [services.redis.proc.pid],
+            "agents": lambda: [h.agent.pid for h in hosts if h.agent],
+            "engines": engines,
+            "benchmark": lambda: [os.getpid()],  # last: what the others did not claim
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -128,11 +155,12 @@ def main() -> None:
     TRACE = args.trace
     env = {**PRODUCTION_TIMINGS, **PRODUCTION_SETTINGS}
     with real_cluster(["h1", "h2"], env=env, log=log) as (plane, hosts):
+        meter = cpu_meter(plane, plane.services, hosts)
         singles, rollouts = [], []
         single(plane.api)  # warm-up: image cache, connections
         for i in range(args.runs):
             singles.append(single(plane.api))
-            rollouts.append(rollout(plane.api, hosts, args.replicas))
+            rollouts.append(rollout(plane.api, hosts, args.replicas, meter))
             log(
                 f"run {i + 1}: one replica ready in {singles[-1]:.2f} s; "
                 f"rollout of {args.replicas} in {rollouts[-1]:.2f} s"
@@ -155,6 +183,9 @@ def main() -> None:
                     # The engine's own cost of a wave, in the same run (raw docker run, one host).
                     "docker_run_1_s": round(one, 2),
                     f"docker_run_{wave}_at_once_s": round(many, 2),
+                    # CPU seconds per rollout (mean), by process, and the machine's busy share.
+                    "rollout_cpu_s": {k: round(v / args.runs, 2) for k, v in meter.result().items()},
+                    "rollout_busy_share": round(meter.busy / ((os.cpu_count() or 1) * sum(rollouts) or 1), 2),
                 }
             )
         )

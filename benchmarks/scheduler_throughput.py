@@ -39,6 +39,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cputime import cpu_seconds, proc_status, tree_pids
+
 from agent.hollow import BASE_IMAGE, IMAGE_POOL
 from devtools.services import die_with_parent, stop_process, tail
 from tests.harness.controlplane import DATABASE, ControlPlane
@@ -197,47 +199,6 @@ def start_hollow(
 def tree_rss(root: int) -> int:
     """Resident memory of a process and its descendants, in bytes."""
     return sum(proc_status(pid, "VmRSS") for pid in tree_pids(root))
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A `kB` field of /proc/PID/status, in bytes (0 if the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree_pids(root: int) -> list[int]:
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        try:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as children:
-                    todo.extend(int(c) for c in children.read().split())
-        except OSError:
-            continue
-    return pids
-
-
-def cpu_seconds(root: int | None) -> float:
-    """CPU time used by a process, its live descendants and its reaped children."""
-    if root is None:
-        return 0.0
-    ticks = 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- profiling -------------------------------------------------------------------------------------
