@@ -32,7 +32,7 @@ from agent.stream_protocol import STREAM_FRAME_TYPES, StreamFrame, parse_stream_
 
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 # What this agent understands beyond the first version of the protocol (sent in `hello`).
-FEATURES = ("desired.partial",)
+FEATURES = ("desired.partial", "settings")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[^=\x00]+$")
@@ -73,6 +73,14 @@ class DesiredSet:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """New settings for this connection: the heartbeat interval (the control plane scales it
+    with the size of the fleet)."""
+
+    heartbeat_interval: float
+
+
+@dataclass(frozen=True)
 class UnknownFrame:
     """A frame type this agent does not know: ignored, so the server can add new ones."""
 
@@ -100,30 +108,47 @@ def heartbeat_frame() -> dict[str, Any]:
     return {"type": "heartbeat"}
 
 
-def status_frame(generation: int, statuses: Sequence[ReplicaStatus]) -> dict[str, Any]:
+# The frame entry last built for each replica, with the status it was built from: a status
+# object that comes back unchanged (agent/status.py reuses them) keeps its entry, the same
+# dict, so building a frame and comparing it with the last one costs little per replica.
+EntryCache = dict[ReplicaKey, tuple[ReplicaStatus, dict[str, Any]]]
+
+
+def status_frame(
+    generation: int, statuses: Sequence[ReplicaStatus], cache: EntryCache | None = None
+) -> dict[str, Any]:
     """A full status frame: every replica the agent knows about (`full` is always true in v1)."""
+    if cache is None:
+        entries = [status_entry(s) for s in statuses]
+    else:
+        entries, kept = [], {}
+        for s in statuses:
+            key = (s.namespace, s.name)
+            last = cache.get(key)
+            entry = last[1] if last is not None and last[0] is s else status_entry(s)
+            entries.append(entry)
+            kept[key] = (s, entry)
+        cache.clear()
+        cache.update(kept)
+    return {"type": "status", "generation": generation, "full": True, "replicas": entries}
+
+
+def status_entry(s: ReplicaStatus) -> dict[str, Any]:
+    """One replica's entry in a status frame."""
     return {
-        "type": "status",
-        "generation": generation,
-        "full": True,
-        "replicas": [
-            {
-                "name": s.name,
-                "namespace": s.namespace,
-                "container_id": s.container_id,
-                "phase": str(s.phase),
-                "exit_code": s.exit_code,
-                "message": s.message,
-                "restart_count": s.restart_count,
-                "started_at": format_time(s.started_at),
-                "finished_at": format_time(s.finished_at),
-                "ready": s.ready,
-                "ready_since": format_time(s.ready_since),
-                "health": str(s.health) if s.health is not None else None,
-                "last_exit_code": s.last_exit_code,
-            }
-            for s in statuses
-        ],
+        "name": s.name,
+        "namespace": s.namespace,
+        "container_id": s.container_id,
+        "phase": str(s.phase),
+        "exit_code": s.exit_code,
+        "message": s.message,
+        "restart_count": s.restart_count,
+        "started_at": format_time(s.started_at),
+        "finished_at": format_time(s.finished_at),
+        "ready": s.ready,
+        "ready_since": format_time(s.ready_since),
+        "health": str(s.health) if s.health is not None else None,
+        "last_exit_code": s.last_exit_code,
     }
 
 
@@ -131,12 +156,17 @@ def partial_status_frame(frame: dict[str, Any], sent: Mapping[ReplicaKey, dict[s
     """A full status frame as a partial one: every replica named, and only the entries that
     differ from `sent` (what the control plane last got of each, on this connection)."""
     entries = frame["replicas"]
+    changed = []
+    for e in entries:
+        before = sent.get((e["namespace"], e["name"]))
+        if before is not e and before != e:  # the same entry object: unchanged, nothing to compare
+            changed.append(e)
     return {
         "type": "status",
         "generation": frame["generation"],
         "full": False,
         "names": [[e["namespace"], e["name"]] for e in entries],
-        "replicas": [e for e in entries if sent.get((e["namespace"], e["name"])) != e],
+        "replicas": changed,
     }
 
 
@@ -149,7 +179,7 @@ def format_time(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_frame(text: str | bytes) -> Welcome | DesiredSet | StreamFrame | UnknownFrame:
+def parse_frame(text: str | bytes) -> Welcome | DesiredSet | Settings | StreamFrame | UnknownFrame:
     """Parse one server frame. Raises ProtocolError when it is malformed.
 
     A malformed `desired` frame is rejected as a whole rather than partly applied:
@@ -166,6 +196,8 @@ def parse_frame(text: str | bytes) -> Welcome | DesiredSet | StreamFrame | Unkno
         return _parse_welcome(data)
     if kind == "desired":
         return _parse_desired(data)
+    if kind == "settings":
+        return Settings(heartbeat_interval=_heartbeat_interval(data, "settings"))
     if kind in STREAM_FRAME_TYPES:  # logs, exec and leases: agent/stream_protocol.py
         return parse_stream_frame(kind, data)
     return UnknownFrame(kind)
@@ -175,13 +207,18 @@ def _parse_welcome(data: dict[str, Any]) -> Welcome:
     node = data.get("node")
     if not isinstance(node, str):
         raise ProtocolError("welcome.node must be a string")
-    interval = data.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
-        raise ProtocolError("welcome.heartbeat_interval must be a number of seconds in (0, 3600]")
+    interval = _heartbeat_interval(data, "welcome")
     features = data.get("features", [])
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise ProtocolError("welcome.features must be a list of strings")
     return Welcome(node=node, heartbeat_interval=float(interval), features=tuple(features))
+
+
+def _heartbeat_interval(data: dict[str, Any], frame: str) -> float:
+    interval = data.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
+        raise ProtocolError(f"{frame}.heartbeat_interval must be a number of seconds in (0, 3600]")
+    return float(interval)
 
 
 def _parse_desired(data: dict[str, Any]) -> DesiredSet:

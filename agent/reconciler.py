@@ -43,7 +43,7 @@ from agent.prober import Prober
 from agent.replicas import ContainerState, DesiredReplica, ObservedContainer, ReplicaKey
 from agent.restarts import RestartRecord
 from agent.runtime import RESYNC, NameConflict, Runtime, RuntimeFailure
-from agent.status import Activity, ReplicaStatus, describe, exit_summary
+from agent.status import Activity, Memo, ReplicaStatus, describe, exit_summary
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class Reconciler:
         self._refreshes: dict[str, _Refresh] = {}
         self._busy: dict[ReplicaKey, Activity] = {}
         self._restarts: dict[ReplicaKey, RestartRecord] = {}
+        self._status_memo: Memo = {}  # statuses() describes only replicas that changed
         self._ready = False
         self._reconcile_scheduled = False
         self._wake: asyncio.TimerHandle | None = None
@@ -147,6 +148,7 @@ class Reconciler:
             self._clock(),
             node=self.node,
             probes=self._prober.views,
+            memo=self._status_memo,
         )
 
     async def run(self) -> None:

@@ -33,8 +33,11 @@ from agent.enroll import (
 )
 from agent.metrics import MetricsSampler
 from agent.protocol import (
+    DEFAULT_HEARTBEAT_INTERVAL,
     DesiredSet,
+    EntryCache,
     ProtocolError,
+    Settings,
     Welcome,
     complete_set,
     desired_request_frame,
@@ -86,6 +89,8 @@ class Session:
         self._delay = delay or ReconnectDelay(base=0.5, cap=30.0)
         self._metrics = MetricsSampler(runtime, reconciler.statuses)
         self._full_set_requested_at = float("-inf")
+        self._heartbeat_every = DEFAULT_HEARTBEAT_INTERVAL  # this connection's, from its welcome
+        self._entries: EntryCache = {}  # status frame entries, rebuilt only for changed replicas
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only when cancelled."""
@@ -189,9 +194,8 @@ class Session:
                             frame.node,
                             frame.heartbeat_interval,
                         )
-                        helpers.append(
-                            self._guard(ws, self._heartbeat(ws, frame.heartbeat_interval), "heartbeat")
-                        )
+                        self._heartbeat_every = frame.heartbeat_interval
+                        helpers.append(self._guard(ws, self._heartbeat(ws), "heartbeat"))
                         helpers.append(
                             self._guard(
                                 ws,
@@ -206,6 +210,10 @@ class Session:
                         )
                         helpers.append(self._guard(ws, self._metrics.run(self._sender(ws)), "metrics"))
                     self._reporter.mark_dirty()  # the control plane wants the full picture now
+                elif isinstance(frame, Settings):
+                    if frame.heartbeat_interval != self._heartbeat_every:
+                        log.info("heartbeat every %.1f s from now on", frame.heartbeat_interval)
+                        self._heartbeat_every = frame.heartbeat_interval
                 elif isinstance(frame, DesiredSet):
                     if request := self._on_desired(frame):
                         await ws.send(json.dumps(request))
@@ -274,12 +282,12 @@ class Session:
         return None
 
     def _snapshot(self) -> dict[str, Any]:
-        return status_frame(self._reconciler.generation, self._reconciler.statuses())
+        return status_frame(self._reconciler.generation, self._reconciler.statuses(), self._entries)
 
-    async def _heartbeat(self, ws: ClientConnection, interval: float) -> None:
+    async def _heartbeat(self, ws: ClientConnection) -> None:
         frame = json.dumps(heartbeat_frame())
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._heartbeat_every)  # a `settings` frame may change it
             await ws.send(frame)
 
     def _guard(self, ws: ClientConnection, work: Awaitable[None], what: str) -> asyncio.Task[None]:

@@ -10,6 +10,7 @@ reconciler calls it whenever a status frame is about to be sent.
 from __future__ import annotations
 
 import math
+import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ class Readiness:
     why_not: str = ""  # a probe failure or the HEALTHCHECK's verdict, for the message
 
 
+# What a replica's status was last described from (desired entry, container, activity,
+# restart record, probe view) and that status: `describe` reuses the status while every one
+# of those is the same object. They are all frozen, so "the same object" means "unchanged".
+Memo = dict[ReplicaKey, tuple[object, object, object, object, object, "ReplicaStatus"]]
+
+
 def describe(
     desired: Iterable[DesiredReplica] | None,
     observed: Iterable[ObservedContainer],
@@ -81,30 +88,53 @@ def describe(
     *,
     node: str,
     probes: Mapping[str, ContainerProbes] = _NO_PROBES,
+    memo: Memo | None = None,
 ) -> list[ReplicaStatus]:
     """One status per replica that is desired or has a container on this node, sorted by key.
 
     A desired replica without a container is reported too (Starting, or Failed with the
     reason it could not be created), so the control plane never waits in silence.
     `desired` is None before the first `desired` frame: only containers are reported.
+
+    With `memo` (kept by the caller between calls), a replica whose inputs are unchanged
+    keeps its last status, the same object: a node reporting one change among hundreds of
+    replicas describes one. Statuses that count down ("restarting in 8 s") are described
+    afresh each time.
     """
     wanted = {replica.key: replica for replica in desired or ()}
     groups, _unlabelled = owned_by_replica(observed, node)
     statuses = []
+    kept: Memo = {}
     for key in sorted(wanted.keys() | groups.keys()):
         containers = groups.get(key)
-        container = canonical_container(key, containers) if containers else None
-        statuses.append(
-            _describe_one(
-                key,
-                wanted.get(key),
-                container,
-                activities.get(key),
-                restarts.get(key, _NO_HISTORY),
-                probes.get(container.id) if container is not None else None,
-                now,
-            )
-        )
+        if not containers:
+            container = None
+        elif len(containers) == 1:
+            container = containers[0]
+        else:
+            container = canonical_container(key, containers)
+        replica, activity = wanted.get(key), activities.get(key)
+        record = restarts.get(key, _NO_HISTORY)
+        view = probes.get(container.id) if container is not None else None
+        last = memo.get(key) if memo is not None else None
+        if (
+            last is not None
+            and last[0] is replica
+            and last[1] is container
+            and last[2] is activity
+            and last[3] is record
+            and last[4] is view
+        ):
+            status = last[5]
+            kept[key] = last
+        else:
+            status = _describe_one(key, replica, container, activity, record, view, now)
+            if memo is not None and not _counts_down(status.message):
+                kept[key] = (replica, container, activity, record, view, status)
+        statuses.append(status)
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
     return statuses
 
 
@@ -264,9 +294,18 @@ def exit_summary(container: ObservedContainer, replica: DesiredReplica | None = 
 
 
 def _with_retry(text: str, verb: str, due: float | None, now: float) -> str:
+    # The only text that depends on the time: _counts_down must recognise what it writes.
     if due is None or due <= now:
         return f"{text}; {verb} now"
     return f"{text}; {verb} in {math.ceil(due - now)} s"
+
+
+_COUNTDOWN = re.compile(r"; (restarting|retrying) in \d+ s$")
+
+
+def _counts_down(message: str) -> bool:
+    """Whether a message shows a wait that changes with time (written by _with_retry)."""
+    return message.endswith(" s") and _COUNTDOWN.search(message) is not None
 
 
 def _format_bytes(count: int) -> str:

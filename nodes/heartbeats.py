@@ -35,6 +35,44 @@ FLUSH_SECONDS = 0.25
 _pending: dict = {}  # event loop -> {node_id: timestamp}
 _flushers: dict = {}  # event loop -> the task flushing that loop's heartbeats
 _data_epoch = 0  # how many times this process found Redis without its data
+_fleet_size = 0  # nodes with a heartbeat on record, as of this process's last flush
+
+# At least this many heartbeats fit in a node's grace, however large the fleet: one or two
+# late or lost beats never make a healthy node NotReady.
+BEATS_PER_GRACE = 3
+
+
+def interval_for(fleet_size: int, *, base: float, grace: float, max_per_second: float) -> float:
+    """How often each agent of a fleet of `fleet_size` nodes should heartbeat.
+
+    `base` for a fleet small enough that all of it beats at most `max_per_second` times a
+    second; a larger fleet beats proportionally less often, until BEATS_PER_GRACE beats
+    just fit in the grace (then the rate is allowed to grow). Rounded to a tenth of a
+    second, so that a fleet growing node by node changes it in steps.
+    (Nomad scales its heartbeat TTL with the fleet in the same way.)
+    """
+    scaled = fleet_size / max_per_second
+    return round(max(base, min(scaled, grace / BEATS_PER_GRACE)), 1)
+
+
+def longest_interval() -> float:
+    """The longest interval any agent may have been told (whatever the fleet size)."""
+    return interval_for(
+        1 << 62,
+        base=settings.AGENT_HEARTBEAT_SECONDS,
+        grace=settings.NODE_GRACE_SECONDS,
+        max_per_second=settings.AGENT_MAX_HEARTBEATS_PER_SECOND,
+    )
+
+
+def interval() -> float:
+    """The heartbeat interval this web process tells its agents now."""
+    return interval_for(
+        _fleet_size,
+        base=settings.AGENT_HEARTBEAT_SECONDS,
+        grace=settings.NODE_GRACE_SECONDS,
+        max_per_second=settings.AGENT_MAX_HEARTBEATS_PER_SECOND,
+    )
 
 
 def data_epoch() -> int:
@@ -96,12 +134,13 @@ async def flush(loop=None) -> None:
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-    global _data_epoch
+    global _data_epoch, _fleet_size
     try:
         async with client.pipeline(transaction=False) as pipe:
             pipe.hset(KEY, mapping=batch)
             pipe.set(PRESENCE_KEY, "1", nx=True)
-            _, fresh = await pipe.execute()
+            pipe.hlen(KEY)
+            _, fresh, _fleet_size = await pipe.execute()
         if fresh:
             _data_epoch += 1  # the first flush of a process too: a rejoin is harmless
     except redis.RedisError as exc:

@@ -131,7 +131,7 @@ def _after_redis_loss() -> None:
         # Every consumer rejoins at its first heartbeat GROUP_REFRESH_SECONDS after its last join.
         resync.apply_async(
             kwargs={"after_redis_loss": True},
-            countdown=GROUP_REFRESH_SECONDS + settings.AGENT_HEARTBEAT_SECONDS + 1,
+            countdown=GROUP_REFRESH_SECONDS + heartbeats.longest_interval() + 1,
         )
     except Exception as exc:  # Redis went again: the periodic resync runs once it is back
         log.warning("could not queue the resync: %s", exc)

@@ -252,3 +252,86 @@ def test_heartbeats_keep_a_node_ready_and_silence_makes_it_not_ready(settings, m
     assert node.status == Node.Status.READY
     # Its replicas' states were set Unknown: the whole set goes, so the agent reports them all.
     assert dispatched == [([node.pk], {"full": True})]
+
+
+def fleet_of(size: int) -> None:
+    """Redis holds heartbeats of `size` nodes (the fleet size web processes scale by)."""
+    from nodes import heartbeats
+
+    client = heartbeats._client()
+    client.delete(heartbeats.KEY)
+    if size:
+        client.hset(heartbeats.KEY, mapping={f"other-{i}": "1" for i in range(size)})
+
+
+async def grown_fleet(size: int):
+    """The fleet grows to `size` nodes; this web process learns it at its next flush."""
+    from nodes import heartbeats
+
+    await database_sync_to_async(fleet_of)(size - 1)
+    await heartbeats.record(0, time.time())  # one more beat, and the flush that counts them
+    await heartbeats.flush()
+
+
+@pytest.fixture
+def scaled_heartbeats(settings):
+    settings.AGENT_HEARTBEAT_SECONDS = 1.0
+    settings.NODE_GRACE_SECONDS = 30.0
+    settings.AGENT_MAX_HEARTBEATS_PER_SECOND = 10.0  # 1 s up to 10 nodes, 10 s (grace / 3) from 100
+    yield
+    from nodes import heartbeats
+
+    fleet_of(0)
+    heartbeats._fleet_size = 0  # as this process last saw it
+
+
+async def welcomed(ws, features):
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_json_to({**HELLO, "features": features})
+    welcome = await ws.receive_json_from(timeout=5)
+    assert (await ws.receive_json_from(timeout=5))["type"] == "desired"  # the full set, on connect
+    return welcome
+
+
+def test_a_growing_fleet_is_told_to_heartbeat_less_often(scaled_heartbeats):
+    _, credential = enroll()
+
+    async def scenario():
+        ws = communicator(credential)
+        await grown_fleet(1)
+        welcome = await welcomed(ws, ["settings"])
+        await grown_fleet(40)  # and h1: 41 nodes at 10 beats a second, every 4.1 s
+        await ws.send_json_to({"type": "heartbeat"})
+        first = await ws.receive_json_from(timeout=5)
+        await grown_fleet(500)  # every 10 s would be 50 / s: capped at a third of the grace
+        await ws.send_json_to({"type": "heartbeat"})
+        second = await ws.receive_json_from(timeout=5)
+        await ws.send_json_to({"type": "heartbeat"})  # nothing changed: nothing to tell
+        quiet = await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+        return welcome, first, second, quiet
+
+    welcome, first, second, quiet = run(scenario)
+    assert welcome["heartbeat_interval"] == 1.0
+    assert first == {"type": "settings", "heartbeat_interval": 4.1}
+    assert second == {"type": "settings", "heartbeat_interval": 10.0}
+    assert quiet
+
+
+def test_an_agent_without_the_settings_feature_keeps_its_interval(scaled_heartbeats):
+    _, credential = enroll()
+
+    async def scenario():
+        ws = communicator(credential)
+        await grown_fleet(41)
+        welcome = await welcomed(ws, [])
+        await grown_fleet(80)
+        await ws.send_json_to({"type": "heartbeat"})
+        quiet = await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+        return welcome, quiet
+
+    welcome, quiet = run(scenario)
+    assert welcome["heartbeat_interval"] == 4.1
+    assert quiet

@@ -28,6 +28,7 @@ DATABASE_ERRORS = (OperationalError, InterfaceError)
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 SERVER_RESTART = 1012  # the close code uvicorn gives every WebSocket when it shuts down
 PARTIAL_SETS = "desired.partial"  # the hello feature of agents that take partial frames
+SETTINGS = "settings"  # the hello feature of agents that take a new heartbeat interval
 # What this control plane understands beyond version 1 of the protocol (sent in `welcome`).
 FEATURES = ["status.partial"]
 FULL_SET_EVERY = 1.0  # seconds: the most often an agent's request gets it a full set
@@ -75,6 +76,8 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         self.sent_generation = 0
         self.greeted = False
         self.partial_ok = False  # until its hello lists the feature (older agents take full sets only)
+        self.settings_ok = False  # likewise: older agents keep the interval of their welcome
+        self.told_interval = 0.0
         self.full_sent_at = float("-inf")
         self.full_task: asyncio.Task | None = None
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -109,6 +112,10 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         if kind == "heartbeat":
             await heartbeats.record(self.node_id, time.time())
             await self._refresh_group()
+            if self.settings_ok and (interval := heartbeats.interval()) != self.told_interval:
+                # The fleet grew or shrank: beat at the rate it calls for (nodes/heartbeats.py).
+                self.told_interval = interval
+                await self.send_json({"type": "settings", "heartbeat_interval": interval})
         elif kind == "status":
             await self._report(content)
         elif kind == "hello":
@@ -121,7 +128,6 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             log.warning("node %s sent an unknown frame type %r; ignored", self.node_name, kind)
 
     async def _hello(self, hello: dict):
-        from django.conf import settings
 
         client = self.scope.get("client") or ("", 0)
         await heartbeats.record(self.node_id, time.time())
@@ -129,11 +135,13 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         self.greeted = True
         features = hello.get("features")
         self.partial_ok = isinstance(features, list) and PARTIAL_SETS in features
+        self.settings_ok = isinstance(features, list) and SETTINGS in features
+        self.told_interval = heartbeats.interval()
         await self.send_json(
             {
                 "type": "welcome",
                 "node": self.node_name,
-                "heartbeat_interval": settings.AGENT_HEARTBEAT_SECONDS,
+                "heartbeat_interval": self.told_interval,
                 "features": FEATURES,
             }
         )

@@ -11,6 +11,7 @@ from agent.probes import Exec, HttpGet, Probe, TcpSocket
 from agent.protocol import (
     DesiredSet,
     ProtocolError,
+    Settings,
     UnknownFrame,
     Welcome,
     complete_set,
@@ -252,6 +253,13 @@ def test_welcome_and_unknown_frames():
         parse_frame('{"type": "welcome", "node": "h1", "heartbeat_interval": 0}')
 
 
+def test_settings_frame():
+    assert parse_frame('{"type": "settings", "heartbeat_interval": 3.3}') == Settings(3.3)
+    for bad in ("0", "-1", "true", '"2"', "4000"):
+        with pytest.raises(ProtocolError, match=r"settings\.heartbeat_interval"):
+            parse_frame(json.dumps({"type": "settings", "heartbeat_interval": json.loads(bad)}))
+
+
 STARTED = datetime(2026, 11, 22, 11, 0, 0, 500000, tzinfo=UTC).timestamp()
 
 
@@ -266,7 +274,7 @@ def test_hello_and_status_frames():
         "capacity": {"cpu": 2000, "memory": 25_000_000_000},
         "labels": {"zone": "a"},
         "images": ["berth-test/busybox:1"],
-        "features": ["desired.partial"],
+        "features": ["desired.partial", "settings"],
     }
     status = status_frame(
         7, [ReplicaStatus("web-7k2pq", "default", "ab12", Phase.RUNNING, started_at=STARTED)]
@@ -317,3 +325,19 @@ def test_status_frame_carries_readiness_health_and_last_exit_code():
     )
     assert (entry["restart_count"], entry["last_exit_code"], entry["exit_code"]) == (3, 137, None)
     json.dumps(entry)
+
+
+def test_a_status_frame_reuses_the_entry_of_an_unchanged_status():
+    cache = {}
+    a = ReplicaStatus("a", "default", "ab12", Phase.RUNNING, started_at=STARTED)
+    b = ReplicaStatus("b", "default", None, Phase.STARTING, message="creating")
+    first = status_frame(7, [a, b], cache)["replicas"]
+    b_running = ReplicaStatus("b", "default", "cd34", Phase.RUNNING, started_at=STARTED)
+    second = status_frame(8, [a, b_running], cache)["replicas"]
+    assert second[0] is first[0]  # a: the same status, the same entry
+    assert second[1] is not first[1]
+    assert (second[1]["phase"], second[1]["container_id"]) == ("Running", "cd34")
+    assert second == status_frame(8, [a, b_running])["replicas"]  # what it would be without the cache
+    assert set(cache) == {("default", "a"), ("default", "b")}
+    status_frame(9, [a], cache)
+    assert set(cache) == {("default", "a")}  # b went

@@ -193,6 +193,30 @@ def test_hello_desired_status_and_heartbeats(tmp_path):
     assert statuses[0]["replicas"][0]["name"] == "a"
 
 
+class SettingsControlPlane(ControlPlane):
+    """Welcomes with an interval far longer than the test, then sends a short one."""
+
+    async def handler(self, ws):
+        async for message in ws:
+            frame = json.loads(message)
+            self.frames.append(frame)
+            if frame["type"] == "hello":
+                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 600}))
+                await ws.send(json.dumps({"type": "settings", "heartbeat_interval": 0.05}))
+
+
+def test_a_settings_frame_changes_the_heartbeat_interval(tmp_path):
+    plane = SettingsControlPlane(accepted="berth_node_old")
+
+    async def until():
+        while sum(f["type"] == "heartbeat" for f in plane.frames) < 3:
+            await asyncio.sleep(0.02)
+
+    # Within the 10 s the session runs at most: at the welcome's 600 s there would be none.
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=until))
+    assert "settings" in plane.frames[0]["features"]
+
+
 def test_refused_credential_with_join_token_enrolls_again(tmp_path, monkeypatch):
     plane = ControlPlane(accepted="berth_node_new")
     calls = []

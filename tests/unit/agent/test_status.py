@@ -95,3 +95,37 @@ def test_only_own_containers_and_desired_replicas_are_reported():
 def test_before_the_first_desired_frame_containers_are_reported_as_they_are():
     statuses = describe(None, [have("a", S.EXITED, exit_code=2, finished_at=NOW)], {}, {}, NOW, node=NODE)
     assert [(s.phase, s.message) for s in statuses] == [(Phase.FAILED, "exited with code 2")]
+
+
+def test_a_memo_keeps_the_status_of_an_unchanged_replica_and_redescribes_a_changed_one():
+    memo = {}
+    desired = [want("a"), want("b")]
+    a, b = have("a", started_at=NOW - 3), have("b", S.CREATED)
+
+    def run(*observed, wanted=desired):
+        return describe(wanted, observed, {}, {}, NOW, node=NODE, memo=memo)
+
+    first = run(a, b)
+    again = run(a, b)
+    assert again[0] is first[0] and again[1] is first[1]  # nothing changed: the same objects
+    started = have("b", started_at=NOW - 1)
+    changed = run(a, started)
+    assert changed[0] is first[0]
+    assert changed[1] is not first[1]
+    assert (changed[1].phase, changed[1].started_at) == (Phase.RUNNING, NOW - 1)
+    assert run(a)[1].message == "waiting to be created"  # its container went
+    assert [s.name for s in run(a, wanted=[want("a")])] == ["a"] and set(memo) == {KEY}  # b went
+
+
+def test_a_memo_never_keeps_a_countdown():
+    memo = {}
+    exited = have("a", S.EXITED, exit_code=1, started_at=NOW - 2, finished_at=NOW)
+    restarts = {KEY: RestartRecord(restart_count=1, streak=1)}
+
+    def message(now):
+        (status,) = describe([want("a")], [exited], {}, restarts, now, node=NODE, memo=memo)
+        return status.message
+
+    assert message(NOW) == "exited with code 1; restarting in 20 s"
+    assert message(NOW + 5) == "exited with code 1; restarting in 15 s"
+    assert message(NOW + 30) == "exited with code 1; restarting now"

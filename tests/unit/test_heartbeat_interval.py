@@ -1,0 +1,23 @@
+"""How often agents heartbeat as the fleet grows (nodes.heartbeats.interval_for, pure)."""
+
+import pytest
+
+from nodes.heartbeats import interval_for
+
+
+@pytest.mark.parametrize(
+    ("fleet", "base", "grace", "rate", "expected"),
+    [
+        (0, 2.0, 10.0, 1000.0, 2.0),  # no fleet yet: the base
+        (2000, 2.0, 10.0, 1000.0, 2.0),  # 1,000 a second at the base
+        (2500, 2.0, 10.0, 1000.0, 2.5),  # beyond: the fleet stays at 1,000 a second
+        (3000, 2.0, 10.0, 1000.0, 3.0),
+        (5000, 2.0, 10.0, 1000.0, 3.3),  # capped: three beats per grace at least
+        (10**6, 2.0, 10.0, 1000.0, 3.3),
+        (10**6, 2.0, 4.0, 1000.0, 2.0),  # a grace too short to scale: never below the base
+        (5000, 1.0, 30.0, 50.0, 10.0),  # Nomad's 50 a second, a long grace
+        (2049, 2.0, 10.0, 1000.0, 2.0),  # rounded to a tenth of a second
+    ],
+)
+def test_interval_for(fleet, base, grace, rate, expected):
+    assert interval_for(fleet, base=base, grace=grace, max_per_second=rate) == expected
