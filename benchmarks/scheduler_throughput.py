@@ -186,6 +186,15 @@ def start_hollow(
         # control plane rightly saw thousands of healthy-but-late nodes go silent.
         with contextlib.suppress(OSError):
             os.nice(args.hollow_nice)
+        # With the kernel's autogroup scheduling (on by default in desktop and many server
+        # kernels), the CPU is shared between sessions, and a process's niceness only counts
+        # within its own: this new session's whole group gets the niceness instead.
+        with contextlib.suppress(OSError):
+            fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+            try:
+                os.write(fd, str(args.hollow_nice).encode())
+            finally:
+                os.close(fd)
         if dies_with_parent is not None:
             dies_with_parent()
 
@@ -563,6 +572,10 @@ def main() -> None:
         result["deployments"] = len(bodies)
         result["mix"] = dict(Counter(b["name"].rsplit("-", 1)[1] for b in bodies))
 
+        try:
+            autogroup = Path(f"/proc/{hollow.pid}/autogroup").read_text().strip()
+        except OSError:
+            autogroup = None
         processes = {
             "web": plane.procs["web"].pid,
             "beat": plane.procs["beat"].pid,
@@ -673,6 +686,7 @@ def main() -> None:
             "connect_rate": args.connect_rate,
             "hollow_processes": args.hollow_processes,
             "hollow_nice": args.hollow_nice,
+            "hollow_autogroup": autogroup,  # the kernel's scheduling group of the fleet, if any
             "cores": os.cpu_count(),
         }
         if sampler:
