@@ -7,6 +7,11 @@ PATCH until all 10 replicas of the new revision are available and the old ones g
 `ratio` = rollout_s / single_replica_ready_s (the target is at most 3). Median of
 --runs runs each, interleaved. Needs root.
 
+Beside it, the engines alone in the same run: `engine_floor_ratio` is the time the two
+engines take to start the rollout's 10 containers at once through their API, over the time
+one takes, with no orchestrator at all (what no rollout on this machine can beat), and
+`rollout_cpu_s` is where the CPU of the rollouts went, by process.
+
     sudo .venv/bin/python benchmarks/rollout.py [--runs 3] [--replicas 10]
 """
 
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from cputime import CpuMeter, processes_matching
 from realhosts import PRODUCTION_SETTINGS, PRODUCTION_TIMINGS, real_cluster
@@ -145,6 +151,26 @@ def cpu_meter(plane, services, hosts) -> CpuMeter:
     )
 
 
+def engine_starts(hosts, per_host: int) -> float:
+    """`per_host` containers created and started at once on every host through the engines'
+    API (no CLI, no Berth), until every start has returned (the container runs): the
+    engines' own cost of that many starts, the floor under any orchestrator's."""
+    names = {host: [f"raw-{uuid.uuid4().hex[:8]}" for _ in range(per_host)] for host in hosts}
+
+    def start(host, name) -> None:
+        api = host.docker.api
+        api.start(api.create_container(IMAGE, WEB, name=name, environment=["VERSION=raw"])["Id"])
+
+    jobs = [(host, name) for host, batch in names.items() for name in batch]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        started = time.monotonic()
+        list(pool.map(lambda job: start(*job), jobs))
+        elapsed = time.monotonic() - started
+    for host, name in jobs:
+        host.docker.api.remove_container(name, force=True)
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -166,6 +192,11 @@ def main() -> None:
                 f"rollout of {args.replicas} in {rollouts[-1]:.2f} s"
             )
         single_s, rollout_s = statistics.median(singles), statistics.median(rollouts)
+        # The engines alone: one start, and as many starts as the rollout makes, all at once
+        # over both hosts (what a perfectly parallel rollout would ask of them).
+        engine_one = statistics.median(engine_starts(hosts[:1], 1) for _ in range(3))
+        per_host = -(-args.replicas // len(hosts))
+        engine_all = statistics.median(engine_starts(hosts, per_host) for _ in range(3))
         wave = args.replicas // 2  # 25 % surge + 25 % unavailable: about half the replicas per wave
         one = statistics.median(engine_start(hosts[0], 1) for _ in range(3))
         many = statistics.median(engine_start(hosts[0], wave) for _ in range(3))
@@ -183,6 +214,10 @@ def main() -> None:
                     # The engine's own cost of a wave, in the same run (raw docker run, one host).
                     "docker_run_1_s": round(one, 2),
                     f"docker_run_{wave}_at_once_s": round(many, 2),
+                    "engine_start_1_s": round(engine_one, 2),
+                    f"engine_start_{per_host * len(hosts)}_at_once_s": round(engine_all, 2),
+                    # The ratio the engines alone allow: the rollout's starts against one start.
+                    "engine_floor_ratio": round(engine_all / engine_one, 2),
                     # CPU seconds per rollout (mean), by process, and the machine's busy share.
                     "rollout_cpu_s": {k: round(v / args.runs, 2) for k, v in meter.result().items()},
                     "rollout_busy_share": round(meter.busy / ((os.cpu_count() or 1) * sum(rollouts) or 1), 2),
