@@ -75,9 +75,9 @@ class DesiredSet:
 @dataclass(frozen=True)
 class Settings:
     """New settings for this connection: the heartbeat interval (the control plane scales it
-    with the size of the fleet)."""
+    with the size of the fleet). None: unchanged (a later settings frame may carry others)."""
 
-    heartbeat_interval: float
+    heartbeat_interval: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ def parse_frame(text: str | bytes) -> Welcome | DesiredSet | Settings | StreamFr
     if kind == "desired":
         return _parse_desired(data)
     if kind == "settings":
-        return Settings(heartbeat_interval=_heartbeat_interval(data, "settings"))
+        interval = _heartbeat_interval(data, "settings") if "heartbeat_interval" in data else None
+        return Settings(heartbeat_interval=interval)
     if kind in STREAM_FRAME_TYPES:  # logs, exec and leases: agent/stream_protocol.py
         return parse_stream_frame(kind, data)
     return UnknownFrame(kind)

@@ -11,6 +11,7 @@ the handshake) triggers a new enrollment when a join token is configured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
@@ -90,6 +91,7 @@ class Session:
         self._metrics = MetricsSampler(runtime, reconciler.statuses)
         self._full_set_requested_at = float("-inf")
         self._heartbeat_every = DEFAULT_HEARTBEAT_INTERVAL  # this connection's, from its welcome
+        self._heartbeat_changed = asyncio.Event()  # a `settings` frame changed it
         self._entries: EntryCache = {}  # status frame entries, rebuilt only for changed replicas
 
     async def run_forever(self) -> None:
@@ -211,9 +213,11 @@ class Session:
                         helpers.append(self._guard(ws, self._metrics.run(self._sender(ws)), "metrics"))
                     self._reporter.mark_dirty()  # the control plane wants the full picture now
                 elif isinstance(frame, Settings):
-                    if frame.heartbeat_interval != self._heartbeat_every:
-                        log.info("heartbeat every %.1f s from now on", frame.heartbeat_interval)
-                        self._heartbeat_every = frame.heartbeat_interval
+                    interval = frame.heartbeat_interval
+                    if interval is not None and interval != self._heartbeat_every:
+                        log.info("heartbeat every %.1f s from now on", interval)
+                        self._heartbeat_every = interval
+                        self._heartbeat_changed.set()
                 elif isinstance(frame, DesiredSet):
                     if request := self._on_desired(frame):
                         await ws.send(json.dumps(request))
@@ -285,10 +289,19 @@ class Session:
         return status_frame(self._reconciler.generation, self._reconciler.statuses(), self._entries)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        """A heartbeat every `_heartbeat_every` seconds; a new interval applies at once, to
+        the wait under way too (counted from the last beat)."""
         frame = json.dumps(heartbeat_frame())
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self._heartbeat_every)  # a `settings` frame may change it
+            self._heartbeat_changed.clear()
+            remaining = last + self._heartbeat_every - time.monotonic()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._heartbeat_changed.wait(), remaining)
+                continue  # time is up, or the interval changed: look again
             await ws.send(frame)
+            last = time.monotonic()
 
     def _guard(self, ws: ClientConnection, work: Awaitable[None], what: str) -> asyncio.Task[None]:
         """Run a helper of the connection; if it breaks, end the connection so it starts over clean."""

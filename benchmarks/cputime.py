@@ -40,14 +40,19 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def process_ticks(pid: int) -> int | None:
-    """utime + stime of a process and of its reaped children, in clock ticks (None if gone)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (None if the process is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+            return stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+
+
+def process_ticks(pid: int) -> int | None:
+    """utime + stime of a process and of its reaped children, in clock ticks (None if gone)."""
+    fields = _stat(pid)
+    return None if fields is None else sum(int(fields[i]) for i in (11, 12, 13, 14))
 
 
 def cpu_seconds(root: int | None) -> float:
@@ -87,28 +92,30 @@ class CpuMeter:
 
     `groups` maps a name to a function returning the group's root pids now; each root counts
     with its descendants. A process is counted in the first group that reaches it. A process
-    that ends inside a window keeps what it had used at the start (its own last ticks are
-    lost unless its parent reaped it, then they are in the parent's); one born inside counts
-    from zero. `other` is the machine's busy time that no group accounts for.
+    that ends inside a window is counted through its parent when a measured parent reaped
+    it (the parent's children's time then holds its whole life, so what it had used before
+    the window is taken off); otherwise its last ticks are lost. One born inside counts from
+    zero. `other` is the machine's busy time that no group accounts for.
     """
 
     def __init__(self, groups: dict[str, Callable[[], Iterable[int]]]) -> None:
         self.groups = groups
         self.totals: dict[str, float] = dict.fromkeys([*groups, "other"], 0.0)
         self.busy = 0.0
-        self._start: dict[int, tuple[str, int]] = {}
+        self._start: dict[int, tuple[str, int, int]] = {}
         self._busy_start = 0.0
 
-    def _snapshot(self) -> dict[int, tuple[str, int]]:
-        seen: dict[int, tuple[str, int]] = {}
+    def _snapshot(self) -> dict[int, tuple[str, int, int]]:
+        """{pid: (group, ticks, parent pid)} of every measured process now."""
+        seen: dict[int, tuple[str, int, int]] = {}
         for name, roots in self.groups.items():
             for root in roots():
                 for pid in tree_pids(root):
                     if pid in seen:
                         continue
-                    ticks = process_ticks(pid)
-                    if ticks is not None:
-                        seen[pid] = (name, ticks)
+                    fields = _stat(pid)
+                    if fields is not None:
+                        seen[pid] = (name, sum(int(fields[i]) for i in (11, 12, 13, 14)), int(fields[1]))
         return seen
 
     def start(self) -> None:
@@ -119,11 +126,17 @@ class CpuMeter:
         end = self._snapshot()
         busy = busy_seconds() - self._busy_start
         accounted = 0.0
-        for pid, (name, ticks) in end.items():
-            before = self._start.get(pid, (name, 0))[1]
+        for pid, (name, ticks, _) in end.items():
+            before = self._start.get(pid, (name, 0, 0))[1]
             seconds = max(ticks - before, 0) / TICK
             self.totals[name] += seconds
             accounted += seconds
+        for pid, (_, ticks, parent) in self._start.items():
+            if pid not in end and parent in end:  # reaped by a measured parent: counted twice
+                name = end[parent][0]
+                seconds = min(ticks / TICK, self.totals[name])
+                self.totals[name] -= seconds
+                accounted -= seconds
         self.totals["other"] += max(busy - accounted, 0.0)
         self.busy += busy
 

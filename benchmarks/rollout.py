@@ -18,6 +18,7 @@ one takes, with no orchestrator at all (what no rollout on this machine can beat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,6 +28,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import docker
 from cputime import CpuMeter, processes_matching
 from realhosts import PRODUCTION_SETTINGS, PRODUCTION_TIMINGS, real_cluster
 
@@ -162,12 +164,15 @@ def engine_starts(hosts, per_host: int) -> float:
         api.start(api.create_container(IMAGE, WEB, name=name, environment=["VERSION=raw"])["Id"])
 
     jobs = [(host, name) for host, batch in names.items() for name in batch]
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        started = time.monotonic()
-        list(pool.map(lambda job: start(*job), jobs))
-        elapsed = time.monotonic() - started
-    for host, name in jobs:
-        host.docker.api.remove_container(name, force=True)
+    try:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            started = time.monotonic()
+            list(pool.map(lambda job: start(*job), jobs))
+            elapsed = time.monotonic() - started
+    finally:
+        for host, name in jobs:
+            with contextlib.suppress(docker.errors.NotFound):
+                host.docker.api.remove_container(name, force=True)
     return elapsed
 
 

@@ -206,8 +206,9 @@ NODE_GRACE_SECONDS = _env_float("BERTH_NODE_GRACE_SECONDS", 10.0, minimum=1.0)
 # How often agents heartbeat (told to each agent when it connects): the shortest interval.
 AGENT_HEARTBEAT_SECONDS = _env_float("BERTH_AGENT_HEARTBEAT_SECONDS", 2.0, minimum=0.2)
 # A large fleet heartbeats less often, so that all of it sends at most this many a second,
-# but never less often than three times per grace (nodes.heartbeats.interval_for; Nomad's
-# max_heartbeats_per_second). 1,000/s: every 2 s up to 2,000 nodes, 3.3 s from 3,333.
+# but never less often than three times per grace unless the shortest interval is longer
+# (nodes.heartbeats.interval_for; Nomad's max_heartbeats_per_second). 1,000/s: every 2 s up
+# to 2,000 nodes, 3.3 s from 3,333 (with the default 10 s grace).
 AGENT_MAX_HEARTBEATS_PER_SECOND = _env_float("BERTH_AGENT_MAX_HEARTBEATS_PER_SECOND", 1000.0, minimum=1.0)
 if AGENT_HEARTBEAT_SECONDS * 2 > NODE_GRACE_SECONDS:
     raise ImproperlyConfigured(

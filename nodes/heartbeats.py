@@ -4,6 +4,7 @@ reads them in one call and writes PostgreSQL only on a change of status (and a c
 `last_heartbeat` for people)."""
 
 import logging
+import math
 
 import redis
 import redis.asyncio as aioredis
@@ -37,8 +38,8 @@ _flushers: dict = {}  # event loop -> the task flushing that loop's heartbeats
 _data_epoch = 0  # how many times this process found Redis without its data
 _fleet_size = 0  # nodes with a heartbeat on record, as of this process's last flush
 
-# At least this many heartbeats fit in a node's grace, however large the fleet: one or two
-# late or lost beats never make a healthy node NotReady.
+# At least this many heartbeats fit in a node's grace, however large the fleet: a lost or
+# late beat never makes a healthy node NotReady.
 BEATS_PER_GRACE = 3
 
 
@@ -47,12 +48,14 @@ def interval_for(fleet_size: int, *, base: float, grace: float, max_per_second: 
 
     `base` for a fleet small enough that all of it beats at most `max_per_second` times a
     second; a larger fleet beats proportionally less often, until BEATS_PER_GRACE beats
-    just fit in the grace (then the rate is allowed to grow). Rounded to a tenth of a
-    second, so that a fleet growing node by node changes it in steps.
-    (Nomad scales its heartbeat TTL with the fleet in the same way.)
+    just fit in the grace (then the rate is allowed to grow). Never longer than `base`
+    would be otherwise: a base already above a third of the grace stays as it is. Rounded
+    down to a tenth of a second, so that a fleet growing node by node changes it in steps
+    and the rounding never takes it past the cap. (Nomad scales its heartbeat TTL with the
+    fleet in the same way.)
     """
-    scaled = fleet_size / max_per_second
-    return round(max(base, min(scaled, grace / BEATS_PER_GRACE)), 1)
+    scaled = min(fleet_size / max_per_second, grace / BEATS_PER_GRACE)
+    return max(base, math.floor(scaled * 10 + 1e-9) / 10)
 
 
 def longest_interval() -> float:
@@ -140,7 +143,10 @@ async def flush(loop=None) -> None:
             pipe.hset(KEY, mapping=batch)
             pipe.set(PRESENCE_KEY, "1", nx=True)
             pipe.hlen(KEY)
-            _, fresh, _fleet_size = await pipe.execute()
+            _, fresh, size = await pipe.execute()
+        # A Redis that lost its data holds only the beats since: the fleet did not shrink
+        # with it, and telling every agent to beat faster now would only add to the storm.
+        _fleet_size = max(size, _fleet_size) if fresh else size
         if fresh:
             _data_epoch += 1  # the first flush of a process too: a rejoin is harmless
     except redis.RedisError as exc:
@@ -167,10 +173,14 @@ def tracking_since(now: float) -> tuple[float, bool]:
 
 
 async def restart_tracking(now: float) -> None:
-    """A web process started: heartbeats count from `now` (see tracking_since)."""
+    """A web process started: heartbeats count from `now` (see tracking_since). It also
+    learns the fleet's size, so that the agents reconnecting to it are welcomed with the
+    interval the fleet calls for, not the base."""
+    global _fleet_size
     client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
         await client.set(EPOCH_KEY, repr(now))
+        _fleet_size = await client.hlen(KEY)
     finally:
         await client.aclose()
 

@@ -264,12 +264,13 @@ def fleet_of(size: int) -> None:
         client.hset(heartbeats.KEY, mapping={f"other-{i}": "1" for i in range(size)})
 
 
-async def grown_fleet(size: int):
-    """The fleet grows to `size` nodes; this web process learns it at its next flush."""
+async def grown_fleet(size: int, node_id: int):
+    """The fleet is `size` nodes, `node_id` one of them; this web process learns it at its
+    next flush (the node's own beats, flushed before or after, fall on the same entry)."""
     from nodes import heartbeats
 
     await database_sync_to_async(fleet_of)(size - 1)
-    await heartbeats.record(0, time.time())  # one more beat, and the flush that counts them
+    await heartbeats.record(node_id, time.time())  # a beat, and the flush that counts them
     await heartbeats.flush()
 
 
@@ -295,16 +296,16 @@ async def welcomed(ws, features):
 
 
 def test_a_growing_fleet_is_told_to_heartbeat_less_often(scaled_heartbeats):
-    _, credential = enroll()
+    node, credential = enroll()
 
     async def scenario():
         ws = communicator(credential)
-        await grown_fleet(1)
+        await grown_fleet(1, node.pk)
         welcome = await welcomed(ws, ["settings"])
-        await grown_fleet(40)  # and h1: 41 nodes at 10 beats a second, every 4.1 s
+        await grown_fleet(41, node.pk)  # 41 nodes at 10 beats a second: every 4.1 s
         await ws.send_json_to({"type": "heartbeat"})
         first = await ws.receive_json_from(timeout=5)
-        await grown_fleet(500)  # every 10 s would be 50 / s: capped at a third of the grace
+        await grown_fleet(500, node.pk)  # every 50 s for 10 / s: capped at a third of the grace
         await ws.send_json_to({"type": "heartbeat"})
         second = await ws.receive_json_from(timeout=5)
         await ws.send_json_to({"type": "heartbeat"})  # nothing changed: nothing to tell
@@ -320,13 +321,13 @@ def test_a_growing_fleet_is_told_to_heartbeat_less_often(scaled_heartbeats):
 
 
 def test_an_agent_without_the_settings_feature_keeps_its_interval(scaled_heartbeats):
-    _, credential = enroll()
+    node, credential = enroll()
 
     async def scenario():
         ws = communicator(credential)
-        await grown_fleet(41)
+        await grown_fleet(41, node.pk)
         welcome = await welcomed(ws, [])
-        await grown_fleet(80)
+        await grown_fleet(80, node.pk)
         await ws.send_json_to({"type": "heartbeat"})
         quiet = await ws.receive_nothing(timeout=0.3)
         await ws.disconnect()
@@ -335,3 +336,24 @@ def test_an_agent_without_the_settings_feature_keeps_its_interval(scaled_heartbe
     welcome, quiet = run(scenario)
     assert welcome["heartbeat_interval"] == 4.1
     assert quiet
+
+
+def test_a_web_process_knows_the_fleet_size_from_its_start_and_through_a_redis_loss(scaled_heartbeats):
+    from nodes import heartbeats
+
+    node, _ = enroll()
+    fleet_of(30)
+    heartbeats._fleet_size = 0  # a web process starting
+    run(heartbeats.restart_tracking, time.time())
+    assert heartbeats.interval() == 3.0  # its first agents are welcomed as the fleet calls for
+
+    # Redis restarts empty: the first flush after it sees one beat, not a fleet of one.
+    client = heartbeats._client()
+    client.delete(heartbeats.KEY, heartbeats.PRESENCE_KEY)
+    epoch = heartbeats.data_epoch()
+    beat(node.pk, time.time())
+    assert heartbeats.data_epoch() == epoch + 1  # the loss was noticed
+    assert heartbeats.interval() == 3.0
+    fleet_of(59)
+    beat(node.pk, time.time())
+    assert heartbeats.interval() == 6.0  # an ordinary flush: the size as counted (59 and h1)

@@ -13,6 +13,7 @@ from nodes.heartbeats import interval_for
         (2500, 2.0, 10.0, 1000.0, 2.5),  # beyond: the fleet stays at 1,000 a second
         (3000, 2.0, 10.0, 1000.0, 3.0),
         (5000, 2.0, 10.0, 1000.0, 3.3),  # capped: three beats per grace at least
+        (5000, 2.0, 11.0, 1000.0, 3.6),  # rounded down: 3 x 3.7 would not fit in 11 s
         (10**6, 2.0, 10.0, 1000.0, 3.3),
         (10**6, 2.0, 4.0, 1000.0, 2.0),  # a grace too short to scale: never below the base
         (5000, 1.0, 30.0, 50.0, 10.0),  # Nomad's 50 a second, a long grace
@@ -21,3 +22,10 @@ from nodes.heartbeats import interval_for
 )
 def test_interval_for(fleet, base, grace, rate, expected):
     assert interval_for(fleet, base=base, grace=grace, max_per_second=rate) == expected
+
+
+@pytest.mark.parametrize("grace", [4.0, 7.0, 10.0, 11.0, 13.3, 40.0])
+@pytest.mark.parametrize("fleet", [0, 999, 3333, 5000, 10**7])
+def test_three_beats_fit_in_the_grace_unless_the_base_is_longer(grace, fleet):
+    interval = interval_for(fleet, base=2.0, grace=grace, max_per_second=1000.0)
+    assert interval == 2.0 or 3 * interval <= grace

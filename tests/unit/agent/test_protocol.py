@@ -255,6 +255,7 @@ def test_welcome_and_unknown_frames():
 
 def test_settings_frame():
     assert parse_frame('{"type": "settings", "heartbeat_interval": 3.3}') == Settings(3.3)
+    assert parse_frame('{"type": "settings"}') == Settings(None)  # nothing to change
     for bad in ("0", "-1", "true", '"2"', "4000"):
         with pytest.raises(ProtocolError, match=r"settings\.heartbeat_interval"):
             parse_frame(json.dumps({"type": "settings", "heartbeat_interval": json.loads(bad)}))

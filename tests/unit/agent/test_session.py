@@ -194,14 +194,20 @@ def test_hello_desired_status_and_heartbeats(tmp_path):
 
 
 class SettingsControlPlane(ControlPlane):
-    """Welcomes with an interval far longer than the test, then sends a short one."""
+    """Welcomes with an interval far longer than the test; once the agent reports (its
+    heartbeat is waiting by then), a settings frame without an interval, then a short one."""
 
     async def handler(self, ws):
+        told = False
         async for message in ws:
             frame = json.loads(message)
             self.frames.append(frame)
             if frame["type"] == "hello":
                 await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 600}))
+                await ws.send(json.dumps(DESIRED))
+            elif frame["type"] == "status" and not told:
+                told = True
+                await ws.send(json.dumps({"type": "settings"}))  # nothing new: unchanged
                 await ws.send(json.dumps({"type": "settings", "heartbeat_interval": 0.05}))
 
 
@@ -212,9 +218,12 @@ def test_a_settings_frame_changes_the_heartbeat_interval(tmp_path):
         while sum(f["type"] == "heartbeat" for f in plane.frames) < 3:
             await asyncio.sleep(0.02)
 
-    # Within the 10 s the session runs at most: at the welcome's 600 s there would be none.
+    # Within the 10 s the session runs at most: at the welcome's 600 s there would be none,
+    # and the wait under way when the settings came was one of 600 s.
     asyncio.run(run_session(tmp_path, plane, join_token=None, until=until))
     assert "settings" in plane.frames[0]["features"]
+    first_status = next(i for i, f in enumerate(plane.frames) if f["type"] == "status")
+    assert all(f["type"] != "heartbeat" for f in plane.frames[:first_status])
 
 
 def test_refused_credential_with_join_token_enrolls_again(tmp_path, monkeypatch):
