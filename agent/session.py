@@ -90,7 +90,7 @@ class Session:
         self._metrics = MetricsSampler(runtime, reconciler.statuses)
         self._full_set_requested_at = float("-inf")
         self._heartbeat_every = DEFAULT_HEARTBEAT_INTERVAL  # this connection's, from its welcome
-        self._heartbeat_wake: asyncio.Future[None] | None = None  # the heartbeat's wait, if any
+        self._heartbeat_wake: asyncio.Future[bool] | None = None  # the heartbeat's wait, if any
         self._entries: EntryCache = {}  # status frame entries, rebuilt only for changed replicas
 
     async def run_forever(self) -> None:
@@ -217,7 +217,7 @@ class Session:
                         log.info("heartbeat every %.1f s from now on", interval)
                         self._heartbeat_every = interval
                         if self._heartbeat_wake is not None:
-                            _resolve(self._heartbeat_wake)  # the wait under way counts again
+                            _resolve(self._heartbeat_wake, False)  # the wait under way counts again
                 elif isinstance(frame, DesiredSet):
                     if request := self._on_desired(frame):
                         await ws.send(json.dumps(request))
@@ -291,7 +291,9 @@ class Session:
     async def _heartbeat(self, ws: ClientConnection) -> None:
         """A heartbeat every `_heartbeat_every` seconds; a new interval applies at once, to
         the wait under way too (counted from the last beat). The wait is a plain timer, as
-        cheap as a sleep: a hollow fleet runs thousands of these."""
+        cheap as a sleep: a hollow fleet runs thousands of these. When the timer fires the
+        beat goes without reading the clock again, as a sleep would (a timer may fire a
+        fraction of a millisecond early: uvloop counts in milliseconds)."""
         frame = json.dumps(heartbeat_frame())
         loop = asyncio.get_running_loop()
         last = time.monotonic()
@@ -299,12 +301,13 @@ class Session:
             remaining = last + self._heartbeat_every - time.monotonic()
             if remaining > 0:
                 wake = self._heartbeat_wake = loop.create_future()
-                timer = loop.call_later(remaining, _resolve, wake)
+                timer = loop.call_later(remaining, _resolve, wake, True)
                 try:
-                    await wake
+                    due = await wake
                 finally:
                     timer.cancel()
-                continue  # time is up, or the interval changed: look again
+                if not due:
+                    continue  # the interval changed: wait again, counted from the last beat
             await ws.send(frame)
             last = time.monotonic()
 
@@ -323,6 +326,7 @@ class Session:
         return asyncio.create_task(guarded(), name=f"berth-{what}")
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], due: bool) -> None:
+    """End a heartbeat's wait: `due` when its time is up, False when the interval changed."""
     if not future.done():
-        future.set_result(None)
+        future.set_result(due)
