@@ -292,8 +292,7 @@ class Session:
         """A heartbeat every `_heartbeat_every` seconds; a new interval applies at once, to
         the wait under way too (counted from the last beat). The wait is a plain timer, as
         cheap as a sleep: a hollow fleet runs thousands of these. When the timer fires the
-        beat goes without reading the clock again, as a sleep would (a timer may fire a
-        fraction of a millisecond early: uvloop counts in milliseconds)."""
+        beat goes without reading the clock again, as it did after a sleep."""
         frame = json.dumps(heartbeat_frame())
         loop = asyncio.get_running_loop()
         last = time.monotonic()
