@@ -49,10 +49,14 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def _ticks(fields: list[str]) -> int:
+    return sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+
+
 def process_ticks(pid: int) -> int | None:
     """utime + stime of a process and of its reaped children, in clock ticks (None if gone)."""
     fields = _stat(pid)
-    return None if fields is None else sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return None if fields is None else _ticks(fields)
 
 
 def cpu_seconds(root: int | None) -> float:
@@ -115,7 +119,7 @@ class CpuMeter:
                         continue
                     fields = _stat(pid)
                     if fields is not None:
-                        seen[pid] = (name, sum(int(fields[i]) for i in (11, 12, 13, 14)), int(fields[1]))
+                        seen[pid] = (name, _ticks(fields), int(fields[1]))
         return seen
 
     def start(self) -> None:

@@ -58,24 +58,23 @@ def interval_for(fleet_size: int, *, base: float, grace: float, max_per_second: 
     return max(base, math.floor(scaled * 10 + 1e-9) / 10)
 
 
-def longest_interval() -> float:
-    """The longest interval any agent may have been told (whatever the fleet size)."""
+def _configured_interval(fleet_size: int) -> float:
     return interval_for(
-        1 << 62,
+        fleet_size,
         base=settings.AGENT_HEARTBEAT_SECONDS,
         grace=settings.NODE_GRACE_SECONDS,
         max_per_second=settings.AGENT_MAX_HEARTBEATS_PER_SECOND,
     )
+
+
+def longest_interval() -> float:
+    """The longest interval any agent may have been told (whatever the fleet size)."""
+    return _configured_interval(1 << 62)
 
 
 def interval() -> float:
     """The heartbeat interval this web process tells its agents now."""
-    return interval_for(
-        _fleet_size,
-        base=settings.AGENT_HEARTBEAT_SECONDS,
-        grace=settings.NODE_GRACE_SECONDS,
-        max_per_second=settings.AGENT_MAX_HEARTBEATS_PER_SECOND,
-    )
+    return _configured_interval(_fleet_size)
 
 
 def data_epoch() -> int:

@@ -90,15 +90,24 @@ class ControlPlane:
             return connection.respond(403, "bad credential\n")
         return None
 
+    heartbeat_interval = 0.1  # told in the welcome
+
     async def handler(self, ws):
+        """Records every frame; answers `hello` with a welcome and the desired set (generation
+        3, replica a); any other frame goes to `react`."""
         async for message in ws:
             frame = json.loads(message)
             self.frames.append(frame)
             if frame["type"] == "hello":
-                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 0.1}))
+                welcome = {"type": "welcome", "node": "h1", "heartbeat_interval": self.heartbeat_interval}
+                await ws.send(json.dumps(welcome))
                 await ws.send(json.dumps(DESIRED))
-            elif frame["type"] == "status" and frame["generation"] == 3:
-                self.got_status.set()
+            else:
+                await self.react(ws, frame)
+
+    async def react(self, ws, frame: dict) -> None:
+        if frame["type"] == "status" and frame["generation"] == 3:
+            self.got_status.set()
 
 
 def entry(name: str) -> dict:
@@ -109,30 +118,26 @@ class PartialControlPlane(ControlPlane):
     """Sends a full set, a partial one it can complete, then one naming a replica it has no
     entry for; answers the agent's request with the full set."""
 
+    heartbeat_interval = 5
+
     def __init__(self, accepted: str):
         super().__init__(accepted)
         self.done = asyncio.Event()
 
-    async def handler(self, ws):
-        async for message in ws:
-            frame = json.loads(message)
-            self.frames.append(frame)
-            if frame["type"] == "hello":
-                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 5}))
-                await ws.send(json.dumps(DESIRED))  # generation 3: a
-            elif frame["type"] == "status" and frame["generation"] == 3:
-                names = [["default", "a"], ["default", "b"]]
-                partial = {"type": "desired", "generation": 4, "partial": True, "names": names}
-                await ws.send(json.dumps({**partial, "replicas": [entry("b")]}))
-            elif frame["type"] == "status" and frame["generation"] == 4:
-                names = [["default", "b"], ["default", "c"]]  # c was in a frame that got lost
-                partial = {"type": "desired", "generation": 5, "partial": True, "names": names}
-                await ws.send(json.dumps({**partial, "replicas": []}))
-            elif frame["type"] == "desired.request":
-                full = {"type": "desired", "generation": 6, "replicas": [entry("b"), entry("c")]}
-                await ws.send(json.dumps(full))
-            elif frame["type"] == "status" and frame["generation"] == 6:
-                self.done.set()
+    async def react(self, ws, frame: dict) -> None:
+        if frame["type"] == "status" and frame["generation"] == 3:
+            names = [["default", "a"], ["default", "b"]]
+            partial = {"type": "desired", "generation": 4, "partial": True, "names": names}
+            await ws.send(json.dumps({**partial, "replicas": [entry("b")]}))
+        elif frame["type"] == "status" and frame["generation"] == 4:
+            names = [["default", "b"], ["default", "c"]]  # c was in a frame that got lost
+            partial = {"type": "desired", "generation": 5, "partial": True, "names": names}
+            await ws.send(json.dumps({**partial, "replicas": []}))
+        elif frame["type"] == "desired.request":
+            full = {"type": "desired", "generation": 6, "replicas": [entry("b"), entry("c")]}
+            await ws.send(json.dumps(full))
+        elif frame["type"] == "status" and frame["generation"] == 6:
+            self.done.set()
 
 
 def test_partial_sets_use_the_entries_the_agent_has_and_a_gap_asks_for_the_full_set(tmp_path):
@@ -197,18 +202,14 @@ class SettingsControlPlane(ControlPlane):
     """Welcomes with an interval far longer than the test; once the agent reports (its
     heartbeat is waiting by then), a settings frame without an interval, then a short one."""
 
-    async def handler(self, ws):
-        told = False
-        async for message in ws:
-            frame = json.loads(message)
-            self.frames.append(frame)
-            if frame["type"] == "hello":
-                await ws.send(json.dumps({"type": "welcome", "node": "h1", "heartbeat_interval": 600}))
-                await ws.send(json.dumps(DESIRED))
-            elif frame["type"] == "status" and not told:
-                told = True
-                await ws.send(json.dumps({"type": "settings"}))  # nothing new: unchanged
-                await ws.send(json.dumps({"type": "settings", "heartbeat_interval": 0.05}))
+    heartbeat_interval = 600
+    told = False
+
+    async def react(self, ws, frame: dict) -> None:
+        if frame["type"] == "status" and not self.told:
+            self.told = True
+            await ws.send(json.dumps({"type": "settings"}))  # nothing new: unchanged
+            await ws.send(json.dumps({"type": "settings", "heartbeat_interval": 0.05}))
 
 
 def test_a_settings_frame_changes_the_heartbeat_interval(tmp_path):
