@@ -58,7 +58,7 @@ async def serve_node(
     """
     reporter = reporter or StatusReporter()
     reconciler = Reconciler(runtime, node, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
-    reporter.hold = reconciler.first_verdicts_due
+    reporter.hold = reconciler.news_due
     session = Session(config, enroller, reconciler, reporter, runtime, engine)
     async with asyncio.TaskGroup() as group:
         group.create_task(reconciler.run(), name="berth-reconciler")

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _NO_HISTORY = RestartRecord()
 WAKE_MARGIN = 0.05  # plan a little after a back-off expires, never just before
+# How long a status frame may wait for a create or start under way (news_due); the
+# reporter bounds every wait by its debounce window anyway.
+START_NEWS_WAIT = 0.05
 
 
 class _Refresh:
@@ -128,10 +131,17 @@ class Reconciler:
         """The entry of a replica in the set applied last (a partial frame refers to it)."""
         return (self._desired or {}).get(key)
 
-    def first_verdicts_due(self) -> float | None:
-        """Seconds for which a just-started container's first readiness verdict is still
-        awaited, or None (the status reporter holds a frame that long for it)."""
-        return self._prober.first_verdicts_due()
+    def news_due(self) -> float | None:
+        """Seconds for which a status frame may wait for news on its way, or None (the
+        status reporter holds a frame that long, within its debounce window): a
+        container being created or started, whose outcome a local engine gives within
+        moments, or a just-started container's first readiness verdict. A frame saying
+        "creating container" and another, moments later, saying "Running" then go as one:
+        one report, and one controller pass, fewer for the control plane per start."""
+        verdicts = self._prober.first_verdicts_due()
+        if any(not activity.stopping for activity in self._busy.values()):
+            return max(verdicts or 0.0, START_NEWS_WAIT)
+        return verdicts
 
     @property
     def ready(self) -> bool:

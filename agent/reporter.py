@@ -12,11 +12,12 @@ The first change after a quiet period is sent at once (a replica turning Running
 what a deploy waits on); changes that follow within 50 ms are folded into one frame,
 built when it is sent, so it always carries the newest state (protocol: "debounced
 <= 50 ms"); a frame the same as the last one sent on the connection is not sent again.
-One exception to "at once": while `hold` says news is due (a container that has just
-started, whose first readiness check is under way), the frame waits for it, at most
-50 ms after the change, so "running, not ready" and "ready" a moment later go as one
-frame: one report and one controller pass fewer, and the readiness arrives sooner than
-the next frame would bring it. `wait_sent` lets the reconciler hold a container's stop
+One exception to "at once": while `hold` says news is due (a container being created or
+started, or one that has just started whose first readiness check is under way), the
+frame waits for it, at most 50 ms after the change, so "creating container" and
+"running" a moment later, or "running, not ready" and "ready", go as one frame: one
+report and one controller pass fewer, and the news arrives sooner than the next frame
+would bring it. `wait_sent` lets the reconciler hold a container's stop
 until the frame that takes its readiness off has gone out.
 """
 

@@ -191,7 +191,7 @@ def test_a_started_container_is_reported_with_its_first_readiness_verdict():
         reporter = StatusReporter(min_interval=0.05)
         fake = SlowProbes(NODE, images=[IMAGE], latency=0.04)  # create + start: past the debounce
         reconciler = Reconciler(fake, NODE, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
-        reporter.hold = reconciler.first_verdicts_due  # as agent/daemon.py wires them
+        reporter.hold = reconciler.news_due  # as agent/daemon.py wires them
         frames: list[dict] = []
 
         async def send(text: str) -> None:
@@ -227,3 +227,61 @@ def test_a_started_container_is_reported_with_its_first_readiness_verdict():
                     await sender
 
     asyncio.run(scenario())
+
+
+async def _reported(latency: float, until_phase: str) -> tuple[list[dict], float]:
+    """The status frames (per replica: phase, message) a reporter sends while two replicas
+    start on an engine taking `latency` s per create and per start; and how long after
+    the desired set the first frame naming them went."""
+    reporter = StatusReporter(min_interval=0.05)
+    fake = FakeRuntime(NODE, images=[IMAGE], latency=latency)
+    reconciler = Reconciler(fake, NODE, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
+    reporter.hold = reconciler.news_due  # as agent/daemon.py wires them
+    frames: list[dict] = []
+    first_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(text: str) -> None:
+        frame = json.loads(text)
+        if frame:
+            first_at.append(loop.time())
+            frames.append(frame)
+
+    def snapshot() -> dict:
+        return {s.name: [s.phase, s.message] for s in reconciler.statuses()}
+
+    async with running(reconciler):
+        sender = asyncio.create_task(reporter.run(send, snapshot, lambda: reconciler.ready))
+        try:
+            await until(lambda: reconciler.ready, "the engine listed")
+            await asyncio.sleep(0.1)  # past the debounce of the (empty) first frame
+            started = loop.time()
+            reconciler.apply_desired(1, [want("a"), want("b")])
+            await until(
+                lambda: frames and all(frames[-1].get(n, [None])[0] == until_phase for n in "ab"),
+                f"both reported {until_phase}",
+                timeout=5,
+            )
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+    return frames, first_at[0] - started
+
+
+def test_replicas_that_start_within_the_debounce_are_reported_running_in_one_frame():
+    """No "creating container" frame followed by a "Running" one moments later: each is a
+    report and a controller pass for the control plane."""
+    frames, _ = asyncio.run(_reported(0.005, Phase.RUNNING))
+    assert frames == [{"a": [Phase.RUNNING, ""], "b": [Phase.RUNNING, ""]}]
+
+
+def test_a_slow_start_is_reported_while_under_way():
+    """Waiting for news is bounded by the debounce window: an engine slower than that shows
+    "creating container" first, at once."""
+    frames, first_after = asyncio.run(_reported(0.4, Phase.STARTING))
+    assert frames[0] == {
+        "a": [Phase.STARTING, "creating container"],
+        "b": [Phase.STARTING, "creating container"],
+    }
+    assert first_after < 0.3
