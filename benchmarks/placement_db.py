@@ -59,31 +59,12 @@ def run(args) -> dict:
     call_command("migrate", verbosity=0)
 
     from placement_pure import run as pure_run
-    from scheduler_throughput import TAINT_GPU, TAINT_SPOT, deployment_bodies
+    from scheduler_throughput import deployment_bodies
 
-    from agent.hollow import fleet
-    from nodes.models import Node
-    from orchestrator.controllers.deployment import AGAIN_NOW, Effects, reconcile_deployment
     from orchestrator.models import Deployment, Namespace, Replica
-    from orchestrator.scheduling.snapshot import snapshot_held
-    from orchestrator.tasks import BATCH
 
     log(f"creating {args.nodes} nodes")
-    nodes = []
-    for i, profile in enumerate(fleet(args.nodes, seed=args.seed)):
-        taints = ([TAINT_GPU] if i % 20 == 7 else []) + ([TAINT_SPOT] if i % 25 == 3 else [])
-        nodes.append(
-            Node(
-                name=profile.name,
-                status=Node.Status.READY,
-                agent_labels=dict(profile.labels),
-                taints=taints,
-                images=list(profile.images),
-                capacity_cpu=profile.cpu_millis,
-                capacity_memory=profile.memory_bytes,
-            )
-        )
-    Node.objects.bulk_create(nodes, batch_size=1000)
+    create_nodes(args.nodes, args.seed)
 
     bodies = deployment_bodies(args.replicas, args.seed, set())
     log(f"creating {len(bodies)} deployments ({args.replicas} replicas)")
@@ -94,17 +75,7 @@ def run(args) -> dict:
     started = time.perf_counter()
     if profiler:
         profiler.enable()
-    todo = list(ids)
-    while todo:  # a pass stops at BURST_REPLICAS: its deployment goes again, as in the task
-        again = []
-        for start in range(0, len(todo), BATCH):
-            effects = Effects()
-            with snapshot_held():
-                for pk in todo[start : start + BATCH]:
-                    if reconcile_deployment(pk, effects) == AGAIN_NOW:
-                        again.append(pk)
-            effects.flush()
-        todo = again
+    place_all(ids)
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
@@ -127,6 +98,50 @@ def run(args) -> dict:
         "pure_placements_per_s": round(args.replicas / pure_s, 1),
         "namespaces": Namespace.objects.count(),
     }
+
+
+def create_nodes(count: int, seed: int) -> None:
+    """`count` Ready nodes shaped like the hollow fleet, tainted as scheduler_throughput taints them."""
+    from scheduler_throughput import TAINT_GPU, TAINT_SPOT
+
+    from agent.hollow import fleet
+    from nodes.models import Node
+
+    nodes = []
+    for i, profile in enumerate(fleet(count, seed=seed)):
+        taints = ([TAINT_GPU] if i % 20 == 7 else []) + ([TAINT_SPOT] if i % 25 == 3 else [])
+        nodes.append(
+            Node(
+                name=profile.name,
+                status=Node.Status.READY,
+                agent_labels=dict(profile.labels),
+                taints=taints,
+                images=list(profile.images),
+                capacity_cpu=profile.cpu_millis,
+                capacity_memory=profile.memory_bytes,
+            )
+        )
+    Node.objects.bulk_create(nodes, batch_size=1000)
+
+
+def place_all(ids: list[int]) -> None:
+    """Reconcile these deployments in batches, as orchestrator.reconcile_pending does, until
+    every pass is done (a pass stops at BURST_REPLICAS: its deployment goes again)."""
+    from orchestrator.controllers.deployment import AGAIN_NOW, Effects, reconcile_deployment
+    from orchestrator.scheduling.snapshot import snapshot_held
+    from orchestrator.tasks import BATCH
+
+    todo = list(ids)
+    while todo:
+        again = []
+        for start in range(0, len(todo), BATCH):
+            effects = Effects()
+            with snapshot_held():
+                for pk in todo[start : start + BATCH]:
+                    if reconcile_deployment(pk, effects) == AGAIN_NOW:
+                        again.append(pk)
+            effects.flush()
+        todo = again
 
 
 def create_deployments(bodies) -> list[int]:

@@ -527,6 +527,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="sample web and workers with py-spy")
     parser.add_argument("--pg-waits", action="store_true", help="sample what PostgreSQL sessions wait on")
     parser.add_argument("--profile-dir", default=str(REPO / "test-artifacts" / "scheduler-profile"))
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the control plane's and fleet's logs here")
     args = parser.parse_args()
 
     signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` tears everything down
@@ -708,6 +709,12 @@ def main() -> None:
         if hollow is not None:
             stop_process(hollow, timeout=20)
         plane.stop()
+        if args.keep_logs:
+            keep = Path(args.keep_logs)
+            keep.mkdir(parents=True, exist_ok=True)
+            for path in plane.dir.glob("*.log"):
+                shutil.copy(path, keep / path.name)
+            log(f"logs kept in {keep}")
         services.stop()
     print(json.dumps(result))
     sys.exit(exit_code)
