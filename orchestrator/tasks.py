@@ -49,17 +49,18 @@ def reconcile_deployment(deployment_id: int) -> None:
 
 # Requested passes wait in a Redis set; one task at a time takes up to BATCH of them.
 _PENDING = "berth:reconcile-pending"
-# Passes asked for by agents' reports (a replica's state moved): taken after the others, so
-# that under load new and changed deployments are placed before statuses are refreshed.
-_OBSERVED = "berth:reconcile-observed"
+# Background passes: asked for by agents' reports (a replica's state moved) and by the
+# periodic resync (the safety net). Taken after the others, so that under load new and
+# changed deployments are placed before statuses are refreshed and converged ones checked.
+_BACKGROUND = "berth:reconcile-observed"
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
 # Passes others asked for (API, node changes): small batches, so that a burst spreads over
 # every pool process (a batch that finds more waiting queues another at once); with 200,
 # one process took a whole burst of new deployments while the others idled. A batch of
-# them is never topped up with passes agents asked for, which are taken (in bigger
-# batches: each is cheap) only when none of the others waits.
+# them is never topped up with background passes, which are taken (in bigger batches: each
+# is cheap) only when none of the others waits.
 BATCH = 20
-OBSERVED_BATCH = 200
+BACKGROUND_BATCH = 200
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
 DISPATCH_EVERY_SECONDS = 0.5
 _marks = None
@@ -76,7 +77,7 @@ def request_reconcile(deployment_id: int) -> None:
     request_reconciles([deployment_id])
 
 
-def request_reconciles(deployment_ids, *, force: bool = False, observed: bool = False) -> None:
+def request_reconciles(deployment_ids, *, force: bool = False, background: bool = False) -> None:
     """Ask for a pass over these deployments. They join a set that the next batch task
     takes: a burst of changes (agent reports, API calls, a resync of every deployment)
     makes one pass per deployment in as few tasks as there are batches, sharing one
@@ -87,15 +88,15 @@ def request_reconciles(deployment_ids, *, force: bool = False, observed: bool = 
     Called after a commit: if Redis is down the change is saved all the same, so this logs
     rather than fails the caller; the resync after Redis is back picks the deployment up.
     `force` queues a batch task even if the mark says one is queued (the resync: the task
-    may have been lost with a killed worker, its mark left behind). `observed`: the request
-    comes from what agents observed, and waits behind the others.
+    may have been lost with a killed worker, its mark left behind). `background`: a refresh
+    (what agents observed, the resync), not a change: it waits behind the others.
     """
     ids = sorted(set(deployment_ids))
     if not ids:
         return
     try:
         marks = _queued_marks()
-        marks.sadd(_OBSERVED if observed else _PENDING, *ids)
+        marks.sadd(_BACKGROUND if background else _PENDING, *ids)
         _queue_batch(marks, force=force)
     except REDIS_ERRORS as exc:
         shown = ", ".join(map(str, ids[:5])) + (" …" if len(ids) > 5 else "")
@@ -121,12 +122,12 @@ def reconcile_pending() -> None:
     marks = _queued_marks()
     # Cleared before taking any: a request from now on queues another batch.
     marks.delete(_BATCH_QUEUED)
-    ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_OBSERVED, OBSERVED_BATCH) or ())
+    ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_BACKGROUND, BACKGROUND_BATCH) or ())
     if not ids:
         return
-    marks.srem(_OBSERVED, *ids)  # one pass each, whichever set asked
+    marks.srem(_BACKGROUND, *ids)  # one pass each, whichever set asked
     taken = sorted(int(pk) for pk in ids)
-    if marks.scard(_PENDING) or marks.scard(_OBSERVED):
+    if marks.scard(_PENDING) or marks.scard(_BACKGROUND):
         _queue_batch(marks)
     effects = Effects()
     done = 0
@@ -206,7 +207,9 @@ def resync(after_redis_loss: bool = False) -> None:
     predecessor may have died holding tasks) and after Redis lost its data (queued tasks
     and published sets went with it: every node behind its generation gets its set)."""
     try:
-        request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True)
+        # Behind any pass asked for meanwhile: a burst of new deployments is not held up
+        # by checking every converged one.
+        request_reconciles(Deployment.objects.values_list("pk", flat=True), force=True, background=True)
         stale = nodes_to_resend(every_lagging=after_redis_loss)
         if stale:
             log.info("resending desired sets to %d node(s) that may have missed one", len(stale))

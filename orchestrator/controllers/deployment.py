@@ -14,6 +14,7 @@ import logging
 import secrets
 import string
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -392,7 +393,10 @@ def _place(
         wanted = len(waiting) + create
         if not wanted:
             break
-        snapshot = take_snapshot(deployment.pk, cached=True)
+        # Where this deployment's replicas are, from the pass's own rows (all of them, as
+        # this transaction has them): no query.
+        placed = Counter(r.node_id for r in rows.values() if r.node_id is not None)
+        snapshot = take_snapshot(deployment.pk, cached=True, placed=placed)
         by_id = {node.id: node for node in snapshot}
         result = None
         try:

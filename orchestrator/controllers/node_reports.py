@@ -258,7 +258,7 @@ def _after_change(deployment_ids: set[int]) -> None:
     from orchestrator.tasks import request_reconciles
 
     notify_deployments(deployment_ids)
-    request_reconciles(deployment_ids, observed=True)
+    request_reconciles(deployment_ids, background=True)
 
 
 def place_waiting_replicas() -> None:

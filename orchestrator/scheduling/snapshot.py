@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 from django.db.models import BigIntegerField as BigInt
@@ -94,7 +95,9 @@ class SnapshotCache:
         self._held = False
         self._scanned = False
 
-    def take(self, deployment_id: int | None = None) -> list[NodeInfo]:
+    def take(
+        self, deployment_id: int | None = None, placed: Mapping[int, int] | None = None
+    ) -> list[NodeInfo]:
         if self._held and self._scanned:
             if self._forgotten:
                 self._nodes.update(_load(sorted(self._forgotten)))
@@ -106,15 +109,7 @@ class SnapshotCache:
             if node.deployment_counts:
                 node.deployment_counts.clear()
         if deployment_id is not None:
-            counts = (
-                Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
-                .values("node_id")
-                .annotate(n=Count("id"))
-                .values_list("node_id", "n")
-            )
-            for node_id, n in counts:
-                if node_id in self._nodes:
-                    self._nodes[node_id].deployment_counts[deployment_id] = n
+            _count_placed(self._nodes, deployment_id, placed)
         return list(self._nodes.values())
 
     def _scan(self) -> None:
@@ -173,23 +168,33 @@ class _PerThread(threading.local):
 _local = _PerThread()
 
 
-def take_snapshot(deployment_id: int | None = None, *, cached: bool = False) -> list[NodeInfo]:
-    """Every node with what occupies it, each carrying the resource_version it was read at
-    (for the optimistic commit). `cached=True` reuses this process's SnapshotCache: the
-    caller must `forget_nodes` the nodes it placed onto (schedule() changes them)."""
-    if cached:
-        return _local.cache.take(deployment_id)
-    nodes = _load(None)
-    if deployment_id is not None:
-        counts = (
+def _count_placed(nodes: dict[int, NodeInfo], deployment_id: int, placed: Mapping[int, int] | None) -> None:
+    """Set how many of the deployment's replicas each node holds (read, unless given)."""
+    if placed is None:
+        placed = dict(
             Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
             .values("node_id")
             .annotate(n=Count("id"))
             .values_list("node_id", "n")
         )
-        for node_id, n in counts:
-            if node_id in nodes:
-                nodes[node_id].deployment_counts[deployment_id] = n
+    for node_id, n in placed.items():
+        if node_id in nodes:
+            nodes[node_id].deployment_counts[deployment_id] = n
+
+
+def take_snapshot(
+    deployment_id: int | None = None, *, cached: bool = False, placed: Mapping[int, int] | None = None
+) -> list[NodeInfo]:
+    """Every node with what occupies it, each carrying the resource_version it was read at
+    (for the optimistic commit). `cached=True` reuses this process's SnapshotCache: the
+    caller must `forget_nodes` the nodes it placed onto (schedule() changes them).
+    `placed`: how many of the deployment's replicas each node holds, Terminating ones
+    included, when the caller knows (a pass has read them all); else they are read."""
+    if cached:
+        return _local.cache.take(deployment_id, placed)
+    nodes = _load(None)
+    if deployment_id is not None:
+        _count_placed(nodes, deployment_id, placed)
     return list(nodes.values())
 
 

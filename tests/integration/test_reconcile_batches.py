@@ -16,11 +16,11 @@ from orchestrator.scheduling.snapshot import snapshot_held, take_snapshot
 def queued(monkeypatch):
     """Batch tasks queued (run by the test itself, not by a worker); a clean pending set."""
     marks = tasks._queued_marks()
-    marks.delete(tasks._PENDING, tasks._OBSERVED, tasks._BATCH_QUEUED)
+    marks.delete(tasks._PENDING, tasks._BACKGROUND, tasks._BATCH_QUEUED)
     calls: list[int] = []
     monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: calls.append(1))
     yield calls
-    marks.delete(tasks._PENDING, tasks._OBSERVED, tasks._BATCH_QUEUED)
+    marks.delete(tasks._PENDING, tasks._BACKGROUND, tasks._BATCH_QUEUED)
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_passes_agents_asked_for_wait_behind_the_others(ready_nodes, queued, mon
     monkeypatch.setattr(tasks, "BATCH", 2)
     observed = [create(f"seen{i}", 0) for i in range(2)]
     tasks._queued_marks().delete(tasks._PENDING)
-    tasks.request_reconciles([d.pk for d in observed], observed=True)
+    tasks.request_reconciles([d.pk for d in observed], background=True)
     new = [create(f"new{i}", 1) for i in range(2)]
     passes = []
     real = tasks._reconcile_deployment
@@ -156,11 +156,30 @@ def test_passes_agents_asked_for_wait_behind_the_others(ready_nodes, queued, mon
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_resyncs_passes_wait_behind_new_work(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    monkeypatch.setattr(tasks, "BATCH", 2)
+    converged = [create(f"old{i}", 0) for i in range(3)]
+    tasks._queued_marks().delete(tasks._PENDING)
+    tasks.resync()
+    new = [create(f"new{i}", 1) for i in range(2)]
+    passes = []
+    real = tasks._reconcile_deployment
+    monkeypatch.setattr(
+        tasks, "_reconcile_deployment", lambda pk, effects: passes.append(pk) or real(pk, effects)
+    )
+    tasks.reconcile_pending()
+    assert sorted(passes) == sorted(d.pk for d in new)
+    tasks.reconcile_pending()
+    assert sorted(passes[2:]) == sorted(d.pk for d in converged)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_of_new_work_is_not_topped_up_with_passes_agents_asked_for(ready_nodes, queued, monkeypatch):
     ready_nodes("h1")
     observed = [create(f"seen{i}", 0) for i in range(3)]
     tasks._queued_marks().delete(tasks._PENDING)
-    tasks.request_reconciles([d.pk for d in observed], observed=True)
+    tasks.request_reconciles([d.pk for d in observed], background=True)
     new = create("new", 1)
     passes = []
     real = tasks._reconcile_deployment

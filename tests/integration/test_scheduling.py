@@ -288,3 +288,23 @@ def test_selector_and_max_per_node(db):
     assert Replica.objects.get(node__isnull=True).message == (
         "0/3 nodes available: 2 didn't match node selector, 1 max per node reached"
     )
+
+
+@pytest.mark.parametrize("terminating", [False, True], ids=["running", "terminating"])
+def test_a_later_pass_counts_the_replicas_placed_before(db, terminating):
+    """max_per_node across passes: the second pass sees what the first placed (a replica
+    being stopped still holds its place until it is gone)."""
+    make_nodes(2)
+    deployment = deploy("db", 2, max_per_node=1)
+    reconcile_deployment(deployment.pk)
+    assert Replica.objects.filter(node__isnull=False).values("node").distinct().count() == 2
+    if terminating:
+        Replica.objects.update(phase=Replica.Phase.TERMINATING)
+    Deployment.objects.filter(pk=deployment.pk).update(replicas=3)
+    reconcile_deployment(deployment.pk)
+    waiting = Replica.objects.filter(node__isnull=True)
+    assert Counter(Replica.objects.filter(node__isnull=False).values_list("node", flat=True)) == {
+        node.pk: 1 for node in Node.objects.all()
+    }
+    assert waiting.count() == (3 if terminating else 1)
+    assert {r.message for r in waiting} == {"0/2 nodes available: 2 max per node reached"}
