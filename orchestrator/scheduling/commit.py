@@ -2,19 +2,34 @@
 resource_version is still the one the snapshot read.
 
 The nodes are locked in id order, their versions compared, and the winners bumped, all
-inside the caller's transaction: the locks hold until it commits, so a competing scheduler
-waits, then sees a newer version and re-plans. A pass may claim in several rounds within
-one transaction; once it holds nodes from an earlier round, those it claims next are not
-in id order with them, and waiting for them could deadlock with another pass doing the
-same. Such a claim skips nodes held elsewhere instead: they count as lost, to be re-planned
-with a fresh read. Every transaction that waits for nodes holds none, or locks in id order.
+inside the caller's transaction and in one statement: the locks hold until it commits, so
+a competing scheduler waits, then sees a newer version and re-plans. A pass may claim in
+several rounds within one transaction; once it holds nodes from an earlier round, those
+it claims next are not in id order with them, and waiting for them could deadlock with
+another pass doing the same. Such a claim skips nodes held elsewhere instead: they count
+as lost, to be re-planned with a fresh read. Every transaction that waits for nodes holds
+none, or locks in id order.
 """
 
 from __future__ import annotations
 
-from django.db.models import F
+from django.db import connection
 
 from nodes.models import Node
+
+_TABLE = Node._meta.db_table
+# The CTE locks every wanted node, in id order (MATERIALIZED: all of them, before any is
+# updated); the UPDATE bumps those whose version is still the one read, and says which.
+_CLAIM = (
+    f"WITH locked AS MATERIALIZED (SELECT id, resource_version FROM {_TABLE} "  # noqa: S608
+    "WHERE id = ANY(%s) ORDER BY id FOR UPDATE{skip}) "
+    f"UPDATE {_TABLE} AS n SET resource_version = n.resource_version + 1 "
+    "FROM locked, unnest(%s::bigint[], %s::bigint[]) AS v(id, version) "
+    "WHERE locked.id = n.id AND v.id = n.id AND v.version = locked.resource_version "
+    "RETURNING n.id"
+)
+_CLAIM_WAITING = _CLAIM.format(skip="")
+_CLAIM_SKIPPING = _CLAIM.format(skip=" SKIP LOCKED")
 
 
 def claim_nodes(read_versions: dict[int, int], *, holding: bool = False) -> set[int]:
@@ -24,9 +39,8 @@ def claim_nodes(read_versions: dict[int, int], *, holding: bool = False) -> set[
     if not read_versions:
         return set()
     ids = sorted(read_versions)
-    locked = Node.objects.select_for_update(skip_locked=holding).filter(pk__in=ids).order_by("pk")
-    current = dict(locked.values_list("pk", "resource_version"))
-    won = [pk for pk in ids if current.get(pk) == read_versions[pk]]
-    if won:
-        Node.objects.filter(pk__in=won).update(resource_version=F("resource_version") + 1)
-    return set(won)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_SKIPPING if holding else _CLAIM_WAITING, [ids, ids, [read_versions[pk] for pk in ids]]
+        )
+        return {row[0] for row in cursor.fetchall()}

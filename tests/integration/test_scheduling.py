@@ -211,6 +211,44 @@ def test_claims_of_a_later_round_skip_nodes_held_elsewhere_rather_than_deadlock(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_claim_waiting_for_a_node_sees_the_version_committed_meanwhile():
+    """A claim blocked on a node another scheduler holds compares against the version that
+    scheduler commits, not the one its statement started with: it loses that node, wins
+    the others, and bumps only those."""
+    from django.db import transaction
+
+    from orchestrator.scheduling.commit import claim_nodes
+
+    first, second, gone = make_nodes(3)
+    read = {n.pk: n.resource_version for n in (first, second, gone)}
+    Node.objects.filter(pk=gone.pk).delete()
+    holding, claimed = threading.Event(), {}
+
+    def scheduler(i):
+        if i == 0:
+            with transaction.atomic():
+                claimed[0] = claim_nodes({first.pk: read[first.pk]})
+                holding.set()
+                # Until the other claim is waiting for `first` (its lock shows in pg_locks).
+                with connection.cursor() as cursor:
+                    for _ in range(500):
+                        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        if cursor.fetchone()[0]:
+                            break
+                        threading.Event().wait(0.01)
+        else:
+            holding.wait(20)
+            claimed[1] = claim_nodes(read)
+
+    run_concurrently(scheduler, 2)
+    assert claimed == {0: {first.pk}, 1: {second.pk}}
+    assert dict(Node.objects.values_list("pk", "resource_version")) == {
+        first.pk: read[first.pk] + 1,
+        second.pk: read[second.pk] + 1,
+    }
+
+
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_schedulers_never_over_commit_a_node():
     """Four workers place eight deployments at once onto nodes with room for less than
     half of what they ask; every node stays within its allocatable, and the room is used."""
