@@ -35,14 +35,17 @@ _OBSERVED_TYPES = {
     "health": "text",
 }
 _OBSERVED = tuple(_OBSERVED_TYPES)
-# One statement writes every observed field of many replicas. Built from this module's
+# One statement locks (in id order, skipping any the controller marked Terminating
+# meanwhile) and writes every observed field of many replicas. Built from this module's
 # constants only: no input reaches the text.
 _UPDATE = (
-    f"UPDATE {Replica._meta.db_table} AS r SET "  # noqa: S608
+    "WITH locked AS MATERIALIZED (SELECT id FROM "  # noqa: S608
+    f"{Replica._meta.db_table} WHERE id = ANY(%s) AND phase <> %s ORDER BY id FOR UPDATE) "
+    f"UPDATE {Replica._meta.db_table} AS r SET "
     + ", ".join(f"{f} = v.{f}" for f in _OBSERVED)
-    + ", updated_at = %s FROM unnest(%s::bigint[], "
+    + ", updated_at = %s FROM locked, unnest(%s::bigint[], "
     + ", ".join(f"%s::{sql_type}[]" for sql_type in _OBSERVED_TYPES.values())
-    + f") AS v(id, {', '.join(_OBSERVED)}) WHERE r.id = v.id"
+    + f") AS v(id, {', '.join(_OBSERVED)}) WHERE r.id = locked.id AND r.id = v.id RETURNING r.id"
 )
 _HEALTH = ("starting", "healthy", "unhealthy")
 
@@ -148,8 +151,10 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
     Most of a full report repeats what is stored, so the rows are read as plain values, unlocked, and only
     the replicas that changed are locked (in pk order, as the deployment controller locks
     them: no deadlock) and written; a replica the controller marked Terminating meanwhile
-    is left to it. Replicas are written in one transaction, nodes (generations, freed room)
-    in the next, so no transaction here waits for a node while holding replicas."""
+    is left to it. Replicas are written in one statement, nodes (generations, freed room)
+    after it, so nothing here waits for a node while holding replicas. A batch is three
+    round trips (four with both full and partial reports): the rows read, the replicas
+    written, the generations written."""
     parsed = {node_id: _reported(node_id, report) for node_id, report in reports.items()}
     parsed = {node_id: reported for node_id, reported in parsed.items() if reported is not None}
     if not parsed:
@@ -188,70 +193,68 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
             continue  # not created yet: the agent has not applied the set that lists it
         if any(value != observed[f] for f, value in zip(_OBSERVED, stored, strict=True)):
             changes[pk] = (deployment_id, observed)
-    # Generations the agents applied that are newer than the ones recorded (a report that
-    # follows a new desired set); most reports only change replicas' states.
-    recorded = dict(Node.objects.filter(pk__in=list(parsed)).values_list("pk", "observed_generation"))
-    behind = {
+    # The generation each agent says it applied (a report that follows a new desired set
+    # carries a newer one than recorded; most reports only change replicas' states).
+    generations = {
         node_id: generation
         for node_id in parsed
         if isinstance(generation := reports[node_id].get("generation"), int)
         and not isinstance(generation, bool)
-        and recorded.get(node_id, 2**63) < generation < 2**63
+        and 0 <= generation < 2**63
     }
-    now = timezone.now()
     if changes:
-        with transaction.atomic():
-            # Lock what changes; a replica now Terminating (the controller got there first) is skipped.
-            locked = (
-                Replica.objects.select_for_update()
-                .filter(pk__in=list(changes))
-                .exclude(phase=terminating)
-                .order_by("pk")
-                .values_list("pk", flat=True)
-            )
-            updated = []
-            for pk in locked:
-                deployment_id, observed = changes[pk]
-                updated.append((pk, observed))
-                affected.add(deployment_id)
-            if updated:
-                _write_observed(updated, now)
-    # The common report changes replicas' states only: no node row is touched or locked.
-    # Node rows go in a transaction of their own, once the replicas' is committed: waiting
-    # for a node while holding replicas deadlocked with the node monitor, which locks a
-    # node and then its replicas (as this does below).
-    if gone or behind:
+        # A replica the controller marked Terminating meanwhile is skipped (it got there first).
+        written = _write_observed(changes, timezone.now())
+        affected.update(changes[pk][0] for pk in written)
+    # Node rows are written after the replicas' are committed: waiting for a node while
+    # holding replicas deadlocked with the node monitor, which locks a node and then its
+    # replicas (as the transaction below does).
+    if gone:
         with transaction.atomic():
             # Node rows are locked in id order, as schedulers' claims and dispatch lock them:
             # an UPDATE of several rows at once would lock them in any order and deadlock.
-            locked_nodes = sorted(freed | set(behind))
             list(
-                Node.objects.select_for_update().filter(pk__in=locked_nodes).order_by("pk").values_list("pk")
+                Node.objects.select_for_update().filter(pk__in=sorted(freed)).order_by("pk").values_list("pk")
             )
-            if gone:
-                Replica.objects.filter(pk__in=gone, phase=terminating).delete()
-                # Room freed: schedulers that cached these nodes' usage must read them again.
-                Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
-                transaction.on_commit(place_waiting_replicas)  # their room is free again
-            if behind:
-                # One statement for the batch (each node is at its own generation).
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        "UPDATE nodes_node AS n SET observed_generation = v.generation "
-                        "FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) "
-                        "WHERE n.id = v.id AND n.observed_generation < v.generation",
-                        [list(behind), list(behind.values())],
-                    )
+            Replica.objects.filter(pk__in=gone, phase=terminating).delete()
+            # Room freed: schedulers that cached these nodes' usage must read them again.
+            Node.objects.filter(pk__in=sorted(freed)).update(resource_version=F("resource_version") + 1)
+            transaction.on_commit(place_waiting_replicas)  # their room is free again
+    if generations:
+        _record_generations(generations)
     if affected:
         transaction.on_commit(lambda: _after_change(affected))
 
 
-def _write_observed(updated: list[tuple[int, dict]], now) -> None:
-    """Every observed field of these replicas, in one statement (the ORM's bulk_update
-    builds a CASE per row and field: most of a busy web process's time went there)."""
-    columns = [[observed[f] for _, observed in updated] for f in _OBSERVED]
+# Like _UPDATE, it locks the rows it writes in id order first (a CTE, MATERIALIZED: all of
+# them before any is written), as claims and dispatch lock nodes, so no two writers
+# deadlock. A row that no longer qualifies once its lock is granted (READ COMMITTED checks
+# the newest version) is skipped.
+_RECORD_GENERATIONS = (
+    f"WITH behind AS MATERIALIZED (SELECT n.id, v.generation FROM {Node._meta.db_table} AS n "  # noqa: S608
+    "JOIN unnest(%s::bigint[], %s::bigint[]) AS v(id, generation) ON v.id = n.id "
+    "WHERE n.observed_generation < v.generation ORDER BY n.id FOR UPDATE OF n) "
+    f"UPDATE {Node._meta.db_table} AS n SET observed_generation = behind.generation "
+    "FROM behind WHERE n.id = behind.id"
+)
+
+
+def _record_generations(generations: dict[int, int]) -> None:
+    """The generations the agents applied, where newer than the recorded ones; only those
+    nodes are locked, and only for this one statement."""
     with connection.cursor() as cursor:
-        cursor.execute(_UPDATE, [now, [pk for pk, _ in updated], *columns])
+        cursor.execute(_RECORD_GENERATIONS, [list(generations), list(generations.values())])
+
+
+def _write_observed(changes: dict[int, tuple[int, dict]], now) -> list[int]:
+    """Every observed field of these replicas (pk -> (deployment, fields)) but those now
+    Terminating, in one statement (the ORM's bulk_update builds a CASE per row and field:
+    most of a busy web process's time went there). Returns the pks written."""
+    pks = sorted(changes)
+    columns = [[changes[pk][1][f] for pk in pks] for f in _OBSERVED]
+    with connection.cursor() as cursor:
+        cursor.execute(_UPDATE, [pks, Replica.Phase.TERMINATING, now, pks, *columns])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _after_change(deployment_ids: set[int]) -> None:

@@ -157,3 +157,45 @@ def test_partial_reports_waiting_for_a_batch_merge_into_one():
     assert merged["full"] is False and merged["names"] == newer["names"] and len(merged["replicas"]) == 2
     # A full one replaces everything before it.
     assert node_reports.merge_reports(newer, older) is older
+
+
+def test_a_batch_of_reports_is_three_round_trips_and_never_moves_a_generation_back(
+    django_assert_num_queries,
+):
+    nodes = [
+        Node.objects.create(name=f"h{i}", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
+        for i in range(3)
+    ]
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 6}, None
+    )
+    reconcile_deployment(deployment.pk)
+    Node.objects.filter(pk=nodes[2].pk).update(observed_generation=9)  # ahead of what it reports
+    batch = {n.pk: report(list(Replica.objects.filter(node=n)), "Running", 5) for n in nodes}
+    with mock.patch.object(node_reports, "_after_change"):
+        with django_assert_num_queries(3):  # the rows read, the replicas written, the generations written
+            node_reports.apply_node_reports(batch)
+    assert set(Replica.objects.values_list("phase", flat=True)) == {"Running"}
+    assert dict(Node.objects.values_list("name", "observed_generation")) == {"h0": 5, "h1": 5, "h2": 9}
+
+
+def test_a_replica_marked_terminating_after_the_read_is_left_to_the_controller():
+    node = Node.objects.create(name="h1", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
+    )
+    reconcile_deployment(deployment.pk)
+    stopping, running = Replica.objects.filter(node=node).order_by("pk")
+    real = node_reports._write_observed
+
+    def controller_first(changes, now):
+        # The controller stops one between the report's read and its write.
+        Replica.objects.filter(pk=stopping.pk).update(phase=Replica.Phase.TERMINATING)
+        return real(changes, now)
+
+    with mock.patch.object(node_reports, "_write_observed", controller_first):
+        node_reports.apply_node_report(node.pk, report([stopping, running], "Running", 1))
+    assert dict(Replica.objects.values_list("name", "phase")) == {
+        stopping.name: "Terminating",
+        running.name: "Running",
+    }
