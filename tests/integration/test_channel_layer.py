@@ -126,3 +126,72 @@ def test_group_send_many_drops_past_an_inbox_capacity_as_channels_redis_does(cap
     assert held == 3  # the process's one inbox took three, the other two were dropped
     assert got == [0, 1, 2]
     assert "2 of 5 message(s) dropped" in caplog.text
+
+
+def test_waiting_receivers_share_one_pump_and_each_gets_its_own_messages():
+    """A consumer waiting costs no task of its own in the layer (channels_redis makes two
+    per wait, and a scan of every waiter per message): one pump per loop hands out."""
+    count = 300
+
+    async def scenario():
+        channel_layer = layer()
+        channels = [await channel_layer.new_channel() for _ in range(count)]
+        before = len(asyncio.all_tasks())
+        waiting = [asyncio.ensure_future(channel_layer.receive(c)) for c in channels]
+        await asyncio.sleep(0)  # each has started waiting
+        layer_tasks = len(asyncio.all_tasks()) - before - count
+        for index in reversed(range(count)):
+            await channel_layer.send(channels[index], {"type": "x", "n": index})
+        got = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        await channel_layer.close_pools()
+        return layer_tasks, [m["n"] for m in got]
+
+    layer_tasks, got = async_to_sync(scenario)()
+    assert layer_tasks <= 2  # the pump (and its fetch), not one or two per receiver
+    assert got == list(range(count))
+
+
+def test_messages_for_a_consumer_that_is_gone_are_dropped_after_the_expiry(monkeypatch):
+    import config.channel_layer as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+
+    async def scenario():
+        channel_layer = layer()
+        inbox_of = lambda: channel_layer._inboxes[asyncio.get_running_loop()]  # noqa: E731
+        live, gone = await channel_layer.new_channel(), await channel_layer.new_channel()
+        await channel_layer.send(gone, {"type": "x", "n": 0})
+        await channel_layer.send(live, {"type": "x", "n": 1})
+        first = await asyncio.wait_for(channel_layer.receive(live), 10)
+        kept = gone in inbox_of().queues  # nobody received it yet: kept for a consumer between receives
+        clock[0] += channel_layer.expiry + 1
+        await channel_layer.send(live, {"type": "x", "n": 2})
+        second = await asyncio.wait_for(channel_layer.receive(live), 10)
+        dropped = gone not in inbox_of().queues
+        await channel_layer.close_pools()
+        return [first["n"], second["n"]], kept, dropped
+
+    got, kept, dropped = async_to_sync(scenario)()
+    assert got == [1, 2] and kept and dropped
+
+
+def test_a_redis_error_reaches_every_waiting_receiver(monkeypatch):
+    """As with channels_redis, a consumer sees its layer fail (its agent reconnects)."""
+
+    async def scenario():
+        channel_layer = layer()
+        channels = [await channel_layer.new_channel() for _ in range(3)]
+
+        async def broken(channel):
+            raise redis.exceptions.ConnectionError("Redis went away")
+
+        monkeypatch.setattr(channel_layer, "receive_single", broken)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(channel_layer.receive(c) for c in channels), return_exceptions=True), 10
+        )
+        await channel_layer.close_pools()
+        return results
+
+    results = async_to_sync(scenario)()
+    assert [type(r) for r in results] == [redis.exceptions.ConnectionError] * 3
