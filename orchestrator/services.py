@@ -56,7 +56,10 @@ def do_create_deployment(namespace: Namespace, spec: dict, actor) -> Deployment:
     """Create a deployment from a validated spec (name plus SPEC_FIELDS)."""
     with transaction.atomic():
         deployment = Deployment.objects.create(
-            namespace=namespace, name=spec["name"], **{f: spec[f] for f in SPEC_FIELDS if f in spec}
+            namespace=namespace,
+            name=spec["name"],
+            current_revision=1,  # the revision recorded below
+            **{f: spec[f] for f in SPEC_FIELDS if f in spec},
         )
         record_event(
             deployment,
@@ -64,23 +67,27 @@ def do_create_deployment(namespace: Namespace, spec: dict, actor) -> Deployment:
             f"created with image {deployment.image} and {deployment.replicas} replica(s)",
             actor=_actor_name(actor),
         )
-        _record_revision(deployment, "created", _actor_name(actor))
+        _add_revision(deployment, 1, "created", _actor_name(actor))
         _enqueue_reconcile(deployment.pk)
     return deployment
+
+
+def _add_revision(deployment: Deployment, number: int, cause: str, actor: str) -> Revision:
+    return Revision.objects.create(
+        deployment=deployment,
+        number=number,
+        hash=deployment.revision(),
+        spec=deployment.template_spec(),
+        change_cause=cause[:200],
+        actor=actor,
+    )
 
 
 def _record_revision(deployment: Deployment, cause: str, actor: str) -> Revision:
     """Append the deployment's template as its next revision; prune the oldest beyond the
     history limit. The caller holds the deployment row."""
     last = deployment.revisions.order_by("-number").values_list("number", flat=True).first() or 0
-    revision = Revision.objects.create(
-        deployment=deployment,
-        number=last + 1,
-        hash=deployment.revision(),
-        spec=deployment.template_spec(),
-        change_cause=cause[:200],
-        actor=actor,
-    )
+    revision = _add_revision(deployment, last + 1, cause, actor)
     deployment.current_revision = revision.number
     deployment.save(update_fields=["current_revision"])
     keep = revision.number - Revision.HISTORY_LIMIT
