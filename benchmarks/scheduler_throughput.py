@@ -528,8 +528,16 @@ def main() -> None:
     parser.add_argument("--pg-waits", action="store_true", help="sample what PostgreSQL sessions wait on")
     parser.add_argument("--profile-dir", default=str(REPO / "test-artifacts" / "scheduler-profile"))
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the control plane's and fleet's logs here")
+    parser.add_argument(
+        "--pause-fleet",
+        action="store_true",
+        help="a diagnostic: stop the hollow fleet (SIGSTOP) from the first POST until all are placed, "
+        "so that the figure is the control plane's alone, with no reports or heartbeats (needs --grace 60)",
+    )
     args = parser.parse_args()
 
+    if args.pause_fleet and args.grace < 60:
+        parser.error("--pause-fleet needs --grace 60 or more: a paused fleet sends no heartbeats")
     signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` tears everything down
     result: dict[str, Any] = {"nodes": args.nodes, "replicas": args.replicas}
     log("starting PostgreSQL and Redis")
@@ -609,6 +617,8 @@ def main() -> None:
         if sampler:
             sampler.start()
 
+        if args.pause_fleet:
+            os.killpg(hollow.pid, signal.SIGSTOP)
         log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
         url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
         started = time.monotonic()
@@ -635,6 +645,8 @@ def main() -> None:
             if placed_s is None and placed >= args.replicas:
                 placed_s = now - started
                 log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
+                if args.pause_fleet:
+                    os.killpg(hollow.pid, signal.SIGCONT)
             if running >= args.replicas:
                 running_s = now - started
                 log(f"all {args.replicas} replicas Running in {running_s:.1f} s")
@@ -688,6 +700,7 @@ def main() -> None:
             "hollow_processes": args.hollow_processes,
             "hollow_nice": args.hollow_nice,
             "hollow_autogroup": autogroup,  # the kernel's scheduling group of the fleet, if any
+            "fleet_paused_while_placing": args.pause_fleet,
             "cores": os.cpu_count(),
         }
         if sampler:
@@ -707,6 +720,9 @@ def main() -> None:
         if profiler is not None:
             profiler.stop()
         if hollow is not None:
+            if args.pause_fleet:
+                with contextlib.suppress(OSError):
+                    os.killpg(hollow.pid, signal.SIGCONT)  # a stopped process ignores the stop signal
             stop_process(hollow, timeout=20)
         plane.stop()
         if args.keep_logs:
