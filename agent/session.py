@@ -147,6 +147,7 @@ class Session:
                 ping_timeout=20,
                 close_timeout=5,
                 max_size=MAX_FRAME_BYTES,
+                compression=None,
             ) as ws:
                 return await self._serve(ws, url)
         except InvalidStatus as exc:

@@ -683,6 +683,7 @@ def main() -> None:
         }
         result["cpu_window_s"] = round(window, 1)
         result["hollow_rss_end_mib"] = round(tree_rss(hollow.pid) / 2**20, 1)
+        result["web_rss_end_mib"] = round(tree_rss(plane.procs["web"].pid) / 2**20, 1)
         result["nodes_ready_end"] = ready_nodes(db)
         result["hollow_end"] = hollow_progress(plane, args.hollow_processes)
         result["node_events"] = dict(db.execute(NODE_EVENTS).fetchall())
