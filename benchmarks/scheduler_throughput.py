@@ -660,7 +660,10 @@ def main() -> None:
                 log(f"{placed} placed, {running} Running ({now - started:.0f} s)")
                 last_log = now
             plane.check_alive()
-            time.sleep(0.1)
+            # Counting is a query over every replica, and the machine is the one measured:
+            # coarse polls until the end is near, fine ones then (the figures' resolution).
+            near = (running if placed_s is not None else placed) >= 0.9 * args.replicas
+            time.sleep(0.05 if near else 0.25)
         window = time.monotonic() - started
 
         result["placements_per_s"] = round(args.replicas / placed_s, 1) if placed_s else None
