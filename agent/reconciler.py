@@ -135,11 +135,12 @@ class Reconciler:
         """Seconds for which a status frame may wait for news on its way, or None (the
         status reporter holds a frame that long, within its debounce window): a
         container being created or started, whose outcome a local engine gives within
-        moments, or a just-started container's first readiness verdict. A frame saying
+        moments (not one whose image is being pulled), or a just-started container's
+        first readiness verdict. A frame saying
         "creating container" and another, moments later, saying "Running" then go as one:
         one report, and one controller pass, fewer for the control plane per start."""
         verdicts = self._prober.first_verdicts_due()
-        if any(not activity.stopping for activity in self._busy.values()):
+        if any(activity.quick for activity in self._busy.values()):
             return max(verdicts or 0.0, START_NEWS_WAIT)
         return verdicts
 
@@ -400,7 +401,7 @@ class Reconciler:
         elif isinstance(action, Replace):
             await self._remove(action.container, action.reason, action.grace)
             self._restarts.pop(action.key, None)
-            self._busy[action.key] = Activity("creating container")
+            self._busy[action.key] = Activity("creating container", quick=True)
             self._changed()
             await self._create(action.replica)
 
@@ -424,7 +425,7 @@ class Reconciler:
             log.info("adopting existing container %s (%s)", existing.name, existing.id[:12])
             self._write(existing.id, existing)
             return
-        self._busy[key] = Activity("starting")
+        self._busy[key] = Activity("starting", quick=True)
         try:
             await self._runtime.start(container_id)
         finally:
@@ -487,11 +488,11 @@ class Reconciler:
 
 def _activity(action: Action) -> Activity:
     if isinstance(action, Create):
-        return Activity("creating container")
+        return Activity("creating container", quick=True)
     if isinstance(action, Start):
-        return Activity("starting")
+        return Activity("starting", quick=True)
     if isinstance(action, Restart):
-        return Activity("restarting")
+        return Activity("restarting", quick=True)
     if isinstance(action, RestartUnhealthy):
         return Activity(f"{action.reason}; restarting", stopping=True)
     if isinstance(action, Stop):

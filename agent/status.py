@@ -47,6 +47,9 @@ class Activity:
     # Stopping the process (remove, replace, restart in place): the container keeps its
     # phase until it is gone, and is not ready from the moment the stop is decided.
     stopping: bool = False
+    # Creating or starting a container: the engine gives its outcome within moments (not
+    # a pull, which may take minutes), so a status frame may wait a little for it.
+    quick: bool = False
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ import asyncio
 import collections
 import logging
 import time
-import weakref
 
 from channels_redis.core import RedisChannelLayer
 
@@ -72,7 +71,7 @@ return dropped
 
 
 class _Failed:
-    """Handed to a channel's receivers when the pump failed (Redis went away)."""
+    """Handed to each receiver when the pump gave up (Redis kept failing)."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -90,12 +89,22 @@ class _Inbox:
         self.pump: asyncio.Task | None = None
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
+# A failed fetch is tried once more after this pause before the receivers are failed (a
+# brief Redis hiccup must not end every agent session of the process at once).
+FETCH_RETRY_SECONDS = 0.5
+
+
 class BatchedRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._popped: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._fetching: dict[str, asyncio.Future] = {}
-        self._inboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # One per event loop receiving; removed when its pump ends with nobody receiving.
+        self._inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
 
     async def receive(self, channel):
         if "!" not in channel:  # a named channel shared between processes: as channels_redis
@@ -106,6 +115,9 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
         loop = asyncio.get_running_loop()
         inbox = self._inboxes.get(loop)
         if inbox is None:
+            if any(other.receivers for other in self._inboxes.values()):
+                # Two pumps would take each other's messages out of the one inbox.
+                raise RuntimeError("Two event loops are trying to receive() on one channel layer at once!")
             inbox = self._inboxes[loop] = _Inbox()
         queue = inbox.queues.get(channel)
         if queue is None:
@@ -113,7 +125,7 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
         inbox.unclaimed.pop(channel, None)
         inbox.receivers[channel] += 1
         if inbox.pump is None or inbox.pump.done():
-            inbox.pump = loop.create_task(self._pump(real_channel, inbox), name="berth-channel-pump")
+            inbox.pump = loop.create_task(self._pump(real_channel, inbox, loop), name="berth-channel-pump")
         try:
             item = await queue.get()
         finally:
@@ -124,29 +136,69 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
                     if queue.empty():
                         del inbox.queues[channel]  # made again by the next receive or message
                     else:  # more waiting: its consumer takes them next, unless it is gone
-                        inbox.unclaimed[channel] = time.monotonic()
+                        inbox.unclaimed[channel] = _now()
         if isinstance(item, _Failed):
             raise item.error
         return item
 
-    async def _pump(self, real_channel: str, inbox: _Inbox) -> None:
+    async def _pump(self, real_channel: str, inbox: _Inbox, loop: asyncio.AbstractEventLoop) -> None:
         """Hand the process's messages to their channels' queues while anyone receives."""
+        key = self.prefix + real_channel
+        popped = self._popped[key]
+        failed = False
         try:
             while inbox.receivers:
-                channel, message = await self.receive_single(real_channel)
-                now = time.monotonic()
-                for name in channel if isinstance(channel, list) else [channel]:
-                    queue = inbox.queues.get(name)
-                    if queue is None:
-                        queue = inbox.queues[name] = asyncio.Queue()
-                        inbox.unclaimed[name] = now
-                    queue.put_nowait(message)
-                self._drop_unclaimed(inbox, now)
-        except Exception as exc:
-            # As with channels_redis, the receivers see the error (their consumers end, and
-            # agents reconnect); the next receive starts another pump.
-            for name in list(inbox.receivers):
-                inbox.queues[name].put_nowait(_Failed(exc))
+                if not popped:
+                    try:
+                        await self._fetch_shielded(real_channel, key, popped)
+                        failed = False
+                    except Exception as exc:
+                        if failed:  # again: as with channels_redis, the receivers see the
+                            self._fail(inbox, exc)  # error (their agents reconnect)
+                            return
+                        failed = True
+                        log.warning("receiving failed (%s); trying again in %g s", exc, FETCH_RETRY_SECONDS)
+                        await asyncio.sleep(FETCH_RETRY_SECONDS)
+                    continue
+                self._deliver(inbox, popped.popleft())
+        finally:
+            # Nobody receives: the inbox goes, unless messages still wait for a consumer
+            # between two receives (its next receive starts another pump).
+            self._drop_unclaimed(inbox, _now())
+            if self._inboxes.get(loop) is inbox and not inbox.receivers and not inbox.queues:
+                del self._inboxes[loop]
+
+    async def _fetch_shielded(self, real_channel: str, key: str, popped: collections.deque) -> None:
+        fetch = self._fetching.get(key)
+        if fetch is None or fetch.done() or fetch.get_loop() is not asyncio.get_running_loop():
+            fetch = self._fetching[key] = asyncio.ensure_future(self._fetch(real_channel, key, popped))
+        # Shielded: if the pump is cancelled, the fetch still puts what it popped into the
+        # buffer, for the next pump.
+        await asyncio.shield(fetch)
+
+    def _deliver(self, inbox: _Inbox, raw: bytes) -> None:
+        try:
+            message = self.deserialize(raw)
+        except Exception:
+            log.exception("dropped a channel-layer message that could not be decoded")
+            return
+        channel = message.pop("__asgi_channel__", None)
+        now = _now()
+        for name in channel if isinstance(channel, list) else [channel]:
+            queue = inbox.queues.get(name)
+            if queue is None:
+                queue = inbox.queues[name] = asyncio.Queue()
+                inbox.unclaimed[name] = now
+            if queue.qsize() >= self.capacity:  # as channels_redis's buffer: the oldest goes
+                queue.get_nowait()
+            queue.put_nowait(message)
+        self._drop_unclaimed(inbox, now)
+
+    @staticmethod
+    def _fail(inbox: _Inbox, error: BaseException) -> None:
+        for name, count in inbox.receivers.items():
+            for _ in range(count):
+                inbox.queues[name].put_nowait(_Failed(error))
 
     def _drop_unclaimed(self, inbox: _Inbox, now: float) -> None:
         while inbox.unclaimed:
@@ -157,28 +209,12 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
             inbox.queues.pop(name, None)
 
     async def flush(self):
+        for inbox in self._inboxes.values():
+            if inbox.pump is not None:
+                inbox.pump.cancel()
         self._inboxes.clear()
         self._popped.clear()
         await super().flush()
-
-    async def receive_single(self, channel):
-        if "!" not in channel:  # a named channel shared between processes: as channels_redis
-            return await super().receive_single(channel)
-        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
-        assert channel.endswith("!")
-        key = self.prefix + channel
-        popped = self._popped[key]
-        while not popped:
-            fetch = self._fetching.get(key)
-            if fetch is None or fetch.done() or fetch.get_loop() is not asyncio.get_running_loop():
-                fetch = self._fetching[key] = asyncio.ensure_future(self._fetch(channel, key, popped))
-            # Shielded: if this receiver is cancelled, the fetch still puts what it popped
-            # into the buffer, for the next one.
-            await asyncio.shield(fetch)
-        message = self.deserialize(popped.popleft())
-        if "__asgi_channel__" in message:
-            channel = message.pop("__asgi_channel__")
-        return channel, message
 
     async def _fetch(self, channel: str, key: str, popped: collections.deque) -> None:
         connection = self.connection(self.consistent_hash(channel))

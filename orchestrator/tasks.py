@@ -52,7 +52,7 @@ _PENDING = "berth:reconcile-pending"
 # Background passes: asked for by agents' reports (a replica's state moved) and by the
 # periodic resync (the safety net). Taken after the others, so that under load new and
 # changed deployments are placed before statuses are refreshed and converged ones checked.
-_BACKGROUND = "berth:reconcile-observed"
+_BACKGROUND = "berth:reconcile-observed"  # the key's old name: requests queued before an upgrade stay
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
 # Passes others asked for (API, node changes): small batches, so that a burst spreads over
 # every pool process (a batch that finds more waiting queues another at once); with 200,

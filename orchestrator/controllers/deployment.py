@@ -394,7 +394,9 @@ def _place(
         if not wanted:
             break
         # Where this deployment's replicas are, from the pass's own rows (all of them, as
-        # this transaction has them): no query.
+        # the pass read them, with what it placed since): no query. One a report deleted
+        # meanwhile (its container gone) still counts: the safe side, and the report asks
+        # for another pass.
         placed = Counter(r.node_id for r in rows.values() if r.node_id is not None)
         snapshot = take_snapshot(deployment.pk, cached=True, placed=placed)
         by_id = {node.id: node for node in snapshot}

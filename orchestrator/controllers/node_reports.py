@@ -226,9 +226,9 @@ def apply_node_reports(reports: dict[int, dict]) -> None:
         transaction.on_commit(lambda: _after_change(affected))
 
 
-# Like _UPDATE, it locks the rows it writes in id order first (a CTE, MATERIALIZED: all of
-# them before any is written), as claims and dispatch lock nodes, so no two writers
-# deadlock. A row that no longer qualifies once its lock is granted (READ COMMITTED checks
+# Like _UPDATE, it locks the rows it writes in id order (a CTE, MATERIALIZED: computed
+# once, so the locking follows its ORDER BY), as claims and dispatch lock nodes, so no two
+# writers deadlock. A row that no longer qualifies once its lock is granted (READ COMMITTED checks
 # the newest version) is skipped.
 _RECORD_GENERATIONS = (
     f"WITH behind AS MATERIALIZED (SELECT n.id, v.generation FROM {Node._meta.db_table} AS n "  # noqa: S608

@@ -18,8 +18,9 @@ from django.db import connection
 from nodes.models import Node
 
 _TABLE = Node._meta.db_table
-# The CTE locks every wanted node, in id order (MATERIALIZED: all of them, before any is
-# updated); the UPDATE bumps those whose version is still the one read, and says which.
+# The CTE locks the wanted nodes in id order (MATERIALIZED: computed once, not folded into
+# the UPDATE, so the locking follows its ORDER BY); the UPDATE bumps those whose version,
+# as read once each lock was granted, is still the one the snapshot read, and says which.
 _CLAIM = (
     f"WITH locked AS MATERIALIZED (SELECT id, resource_version FROM {_TABLE} "  # noqa: S608
     "WHERE id = ANY(%s) ORDER BY id FOR UPDATE{skip}) "

@@ -155,7 +155,7 @@ def test_messages_for_a_consumer_that_is_gone_are_dropped_after_the_expiry(monke
     import config.channel_layer as module
 
     clock = [1000.0]
-    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(module, "_now", lambda: clock[0])
 
     async def scenario():
         channel_layer = layer()
@@ -176,22 +176,67 @@ def test_messages_for_a_consumer_that_is_gone_are_dropped_after_the_expiry(monke
     assert got == [1, 2] and kept and dropped
 
 
-def test_a_redis_error_reaches_every_waiting_receiver(monkeypatch):
+def test_a_receive_cancelled_after_its_message_arrived_leaves_it_to_the_next():
+    async def scenario():
+        channel_layer = layer()
+        channel = await channel_layer.new_channel()
+        waiting = asyncio.ensure_future(channel_layer.receive(channel))
+        await asyncio.sleep(0)
+        inbox = channel_layer._inboxes[asyncio.get_running_loop()]
+        inbox.queues[channel].put_nowait({"type": "x", "n": 1})  # as the pump delivers it
+        waiting.cancel()  # before the receiver ran again
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        message = await asyncio.wait_for(channel_layer.receive(channel), 10)
+        await channel_layer.close_pools()
+        return message
+
+    assert async_to_sync(scenario)() == {"type": "x", "n": 1}
+
+
+def failing_fetches(channel_layer, monkeypatch, failures: int):
+    """The layer's fetches fail `failures` times (Redis went away), then work again."""
+    real = channel_layer._fetch
+    left = [failures]
+
+    async def fetch(*args):
+        if left[0]:
+            left[0] -= 1
+            raise redis.exceptions.ConnectionError("Redis went away")
+        return await real(*args)
+
+    monkeypatch.setattr(channel_layer, "_fetch", fetch)
+
+
+def test_a_redis_error_that_persists_reaches_every_waiting_receiver(monkeypatch):
     """As with channels_redis, a consumer sees its layer fail (its agent reconnects)."""
 
     async def scenario():
         channel_layer = layer()
-        channels = [await channel_layer.new_channel() for _ in range(3)]
-
-        async def broken(channel):
-            raise redis.exceptions.ConnectionError("Redis went away")
-
-        monkeypatch.setattr(channel_layer, "receive_single", broken)
+        channels = [await channel_layer.new_channel() for _ in range(2)]
+        failing_fetches(channel_layer, monkeypatch, failures=2)
+        receivers = [channels[0], channels[0], channels[1]]  # two receivers on one channel
         results = await asyncio.wait_for(
-            asyncio.gather(*(channel_layer.receive(c) for c in channels), return_exceptions=True), 10
+            asyncio.gather(*(channel_layer.receive(c) for c in receivers), return_exceptions=True), 10
         )
         await channel_layer.close_pools()
         return results
 
     results = async_to_sync(scenario)()
     assert [type(r) for r in results] == [redis.exceptions.ConnectionError] * 3
+
+
+def test_one_failed_fetch_is_tried_again_and_a_message_that_cannot_be_decoded_is_dropped(monkeypatch, caplog):
+    async def scenario():
+        channel_layer = layer()
+        channel = await channel_layer.new_channel()
+        failing_fetches(channel_layer, monkeypatch, failures=1)
+        key = channel_layer.prefix + channel_layer.non_local_name(channel)
+        channel_layer._popped[key].append(b"not msgpack \xc1")
+        await channel_layer.send(channel, {"type": "x", "n": 1})
+        message = await asyncio.wait_for(channel_layer.receive(channel), 10)
+        await channel_layer.close_pools()
+        return message
+
+    assert async_to_sync(scenario)() == {"type": "x", "n": 1}
+    assert "could not be decoded" in caplog.text

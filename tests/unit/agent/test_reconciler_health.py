@@ -12,11 +12,11 @@ import contextlib
 import json
 
 from agent.probes import Exec, HttpGet, Probe
-from agent.reconciler import Reconciler
+from agent.reconciler import START_NEWS_WAIT, Reconciler
 from agent.replicas import ContainerState, Health, RestartPolicy
 from agent.reporter import StatusReporter
 from agent.runtime.fake import FakeRuntime
-from agent.status import Phase
+from agent.status import Activity, Phase
 from tests.unit.agent.builders import NODE, want
 from tests.unit.agent.test_fake_runtime import IMAGE, FakeClock, running, settle, status_of, until
 
@@ -229,11 +229,11 @@ def test_a_started_container_is_reported_with_its_first_readiness_verdict():
     asyncio.run(scenario())
 
 
-async def _reported(latency: float, until_phase: str) -> tuple[list[dict], float]:
-    """The status frames (per replica: phase, message) a reporter sends while two replicas
-    start on an engine taking `latency` s per create and per start; and how long after
-    the desired set the first frame naming them went."""
-    reporter = StatusReporter(min_interval=0.05)
+async def _reported(latency: float, until_phase: str, window: float) -> tuple[list[dict], float]:
+    """The status frames (per replica: phase, message) a reporter with a debounce `window`
+    sends while two replicas start on an engine taking `latency` s per create and per
+    start; and how long after the desired set the first frame naming them went."""
+    reporter = StatusReporter(min_interval=window)
     fake = FakeRuntime(NODE, images=[IMAGE], latency=latency)
     reconciler = Reconciler(fake, NODE, on_change=reporter.mark_dirty, before_stop=reporter.wait_sent)
     reporter.hold = reconciler.news_due  # as agent/daemon.py wires them
@@ -254,7 +254,7 @@ async def _reported(latency: float, until_phase: str) -> tuple[list[dict], float
         sender = asyncio.create_task(reporter.run(send, snapshot, lambda: reconciler.ready))
         try:
             await until(lambda: reconciler.ready, "the engine listed")
-            await asyncio.sleep(0.1)  # past the debounce of the (empty) first frame
+            await asyncio.sleep(window * 2)  # past the debounce of the (empty) first frame
             started = loop.time()
             reconciler.apply_desired(1, [want("a"), want("b")])
             await until(
@@ -272,16 +272,25 @@ async def _reported(latency: float, until_phase: str) -> tuple[list[dict], float
 def test_replicas_that_start_within_the_debounce_are_reported_running_in_one_frame():
     """No "creating container" frame followed by a "Running" one moments later: each is a
     report and a controller pass for the control plane."""
-    frames, _ = asyncio.run(_reported(0.005, Phase.RUNNING))
+    frames, _ = asyncio.run(_reported(0, Phase.RUNNING, window=0.5))  # a window no load outlasts
     assert frames == [{"a": [Phase.RUNNING, ""], "b": [Phase.RUNNING, ""]}]
 
 
 def test_a_slow_start_is_reported_while_under_way():
     """Waiting for news is bounded by the debounce window: an engine slower than that shows
     "creating container" first, at once."""
-    frames, first_after = asyncio.run(_reported(0.4, Phase.STARTING))
+    frames, first_after = asyncio.run(_reported(1.0, Phase.STARTING, window=0.05))
     assert frames[0] == {
         "a": [Phase.STARTING, "creating container"],
         "b": [Phase.STARTING, "creating container"],
     }
-    assert first_after < 0.3
+    assert first_after < 0.6  # the window, not the engine's second
+
+
+def test_only_creates_and_starts_hold_a_frame_not_pulls():
+    _clock, _fake, reconciler, _changes = make()
+    key = want("a").key
+    reconciler._busy[key] = Activity("pulling image busybox:1")  # minutes, perhaps
+    assert reconciler.news_due() is None
+    reconciler._busy[key] = Activity("creating container", quick=True)
+    assert reconciler.news_due() == START_NEWS_WAIT
