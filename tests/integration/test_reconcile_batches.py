@@ -149,42 +149,36 @@ def test_the_resync_queues_a_batch_even_past_a_mark_left_by_a_killed_worker(read
     assert Replica.objects.filter(deployment=web, node__isnull=False).count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_passes_agents_asked_for_wait_behind_the_others(ready_nodes, queued, monkeypatch):
-    ready_nodes("h1")
-    monkeypatch.setattr(tasks, "BATCH", 2)
-    observed = [create(f"seen{i}", 0) for i in range(2)]
-    tasks._queued_marks().delete(tasks._PENDING)
-    tasks.request_reconciles([d.pk for d in observed], background=True)
-    new = [create(f"new{i}", 1) for i in range(2)]
-    passes = []
+def record_passes(monkeypatch) -> list[int]:
+    """The deployments the batch task passes over, in order."""
+    passes: list[int] = []
     real = tasks._reconcile_deployment
     monkeypatch.setattr(
         tasks, "_reconcile_deployment", lambda pk, effects: passes.append(pk) or real(pk, effects)
     )
-    tasks.reconcile_pending()
-    assert sorted(passes) == sorted(d.pk for d in new)
-    tasks.reconcile_pending()
-    assert sorted(passes[2:]) == sorted(d.pk for d in observed)
+    return passes
 
 
+@pytest.mark.parametrize(
+    "asked_by",
+    [
+        pytest.param(lambda ids: tasks.request_reconciles(ids, background=True), id="agents-reports"),
+        pytest.param(lambda ids: tasks.resync(), id="the-resync"),
+    ],
+)
 @pytest.mark.django_db(transaction=True)
-def test_the_resyncs_passes_wait_behind_new_work(ready_nodes, queued, monkeypatch):
+def test_background_passes_wait_behind_new_work(ready_nodes, queued, monkeypatch, asked_by):
     ready_nodes("h1")
     monkeypatch.setattr(tasks, "BATCH", 2)
-    converged = [create(f"old{i}", 0) for i in range(3)]
+    background = [create(f"seen{i}", 0) for i in range(3)]
     tasks._queued_marks().delete(tasks._PENDING)
-    tasks.resync()
+    asked_by([d.pk for d in background])
     new = [create(f"new{i}", 1) for i in range(2)]
-    passes = []
-    real = tasks._reconcile_deployment
-    monkeypatch.setattr(
-        tasks, "_reconcile_deployment", lambda pk, effects: passes.append(pk) or real(pk, effects)
-    )
+    passes = record_passes(monkeypatch)
     tasks.reconcile_pending()
     assert sorted(passes) == sorted(d.pk for d in new)
     tasks.reconcile_pending()
-    assert sorted(passes[2:]) == sorted(d.pk for d in converged)
+    assert sorted(passes[2:]) == sorted(d.pk for d in background)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -194,11 +188,7 @@ def test_a_batch_of_new_work_is_not_topped_up_with_passes_agents_asked_for(ready
     tasks._queued_marks().delete(tasks._PENDING)
     tasks.request_reconciles([d.pk for d in observed], background=True)
     new = create("new", 1)
-    passes = []
-    real = tasks._reconcile_deployment
-    monkeypatch.setattr(
-        tasks, "_reconcile_deployment", lambda pk, effects: passes.append(pk) or real(pk, effects)
-    )
+    passes = record_passes(monkeypatch)
     tasks.reconcile_pending()
     assert passes == [new.pk]  # room for 19 more, but placing waits for no status pass
     tasks.reconcile_pending()

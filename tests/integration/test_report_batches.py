@@ -24,15 +24,20 @@ def report(replicas, phase, generation):
     return {"type": "status", "generation": generation, "full": True, "replicas": entries}
 
 
-def test_reports_arriving_during_a_batch_go_together_in_the_next_and_the_newest_wins():
-    nodes = [
+def placed(nodes: int, replicas: int) -> list[Node]:
+    """`nodes` Ready nodes and a deployment of `replicas` placed on them."""
+    made = [
         Node.objects.create(name=f"h{i}", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
-        for i in range(3)
+        for i in range(nodes)
     ]
-    deployment = services.do_create_deployment(
-        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 6}, None
-    )
+    spec = {"name": "web", "image": "busybox:1", "replicas": replicas}
+    deployment = services.do_create_deployment(Namespace.objects.get(name="default"), spec, None)
     reconcile_deployment(deployment.pk)
+    return made
+
+
+def test_reports_arriving_during_a_batch_go_together_in_the_next_and_the_newest_wins():
+    nodes = placed(3, 6)
     by_node = {n.pk: list(Replica.objects.filter(node=n)) for n in nodes}
     release = threading.Event()
     batches = []
@@ -162,14 +167,7 @@ def test_partial_reports_waiting_for_a_batch_merge_into_one():
 def test_a_batch_of_reports_is_three_round_trips_and_never_moves_a_generation_back(
     django_assert_num_queries,
 ):
-    nodes = [
-        Node.objects.create(name=f"h{i}", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
-        for i in range(3)
-    ]
-    deployment = services.do_create_deployment(
-        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 6}, None
-    )
-    reconcile_deployment(deployment.pk)
+    nodes = placed(3, 6)
     Node.objects.filter(pk=nodes[2].pk).update(observed_generation=9)  # ahead of what it reports
     batch = {n.pk: report(list(Replica.objects.filter(node=n)), "Running", 5) for n in nodes}
     with mock.patch.object(node_reports, "_after_change"):
@@ -180,11 +178,7 @@ def test_a_batch_of_reports_is_three_round_trips_and_never_moves_a_generation_ba
 
 
 def test_a_replica_marked_terminating_after_the_read_is_left_to_the_controller():
-    node = Node.objects.create(name="h1", status=Node.Status.READY, capacity_cpu=4000, capacity_memory=2**32)
-    deployment = services.do_create_deployment(
-        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 2}, None
-    )
-    reconcile_deployment(deployment.pk)
+    (node,) = placed(1, 2)
     stopping, running = Replica.objects.filter(node=node).order_by("pk")
     real = node_reports._write_observed
 
