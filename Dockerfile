@@ -1,4 +1,4 @@
-# The Berth control plane (web, worker and beat share this image; see docker-compose.yml).
+# The Berth control plane (web, worker, scheduler and beat share this image; see docker-compose.yml).
 
 # Front-end libraries from npm (package-lock.json), served as static files: no build step.
 FROM node:20-bookworm-slim AS vendor

@@ -143,6 +143,7 @@ def cpu_meter(plane, services, hosts) -> CpuMeter:
         {
             "web": lambda: [plane.procs["web"].pid],
             "worker": lambda: [plane.procs["worker"].pid],
+            "scheduler": lambda: [plane.procs["scheduler"].pid],
             "beat": lambda: [plane.procs["beat"].pid],
             "postgres": lambda: [services.postgres.proc.pid],
             "redis": lambda: [services.redis.proc.pid],

@@ -1,7 +1,7 @@
 """Scheduler throughput: how fast the control plane places and starts replicas on many nodes.
 
 Starts what it needs itself: a private PostgreSQL and Redis, the control plane (uvicorn,
-Celery worker(s), beat) through the test harness, and N hollow nodes in a subprocess
+Celery worker, scheduler(s), beat) through the test harness, and N hollow nodes in a subprocess
 (`python -m agent.hollow`: real agent sessions over an in-memory engine, split over
 `--hollow-processes` processes). Once the N nodes
 are Ready (some tainted through the API), it creates deployments through REST totalling R
@@ -14,7 +14,7 @@ Progress on stderr; one JSON object on stdout. Stops by itself (bounded waits) a
 everything down.
 
     .venv/bin/python benchmarks/scheduler_throughput.py [--nodes 5000] [--replicas 10000]
-        [--workers 1] [--concurrency 2] [--heartbeat 2] [--grace 10] [--profile]
+        [--schedulers 1] [--heartbeat 2] [--grace 10] [--profile]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cputime import cpu_seconds, proc_status, tree_pids
 
 from agent.hollow import BASE_IMAGE, IMAGE_POOL
+from devtools import commands
 from devtools.services import die_with_parent, stop_process, tail
 from tests.harness.controlplane import DATABASE, ControlPlane
 from tests.harness.hosts import REPO, child_env
@@ -119,53 +120,38 @@ def log(message: str) -> None:
 
 
 class BenchControlPlane(ControlPlane):
-    """The harness's control plane, on 127.0.0.1 only, with a configurable number of workers."""
+    """The harness's control plane, on 127.0.0.1 only, with a configurable number of
+    scheduler and web processes."""
+
+    web_host = "127.0.0.1"
 
     def __init__(
-        self,
-        services,
-        *,
-        workers: int,
-        concurrency: int,
-        heartbeat: float,
-        grace: float,
-        web_workers: int = 1,
+        self, services, *, schedulers: int, heartbeat: float, grace: float, web_workers: int = 1
     ) -> None:
         super().__init__(services)
         self.web_workers = web_workers
-        self.workers = workers
-        self.concurrency = concurrency
+        self.schedulers = schedulers
         self.env.update(BERTH_AGENT_HEARTBEAT_SECONDS=f"{heartbeat:g}", BERTH_NODE_GRACE_SECONDS=f"{grace:g}")
-        self.PROCESSES = ("web", "beat", *(self.worker_name(i) for i in range(workers)))
+        self.PROCESSES = ("web", "worker", "beat", *self.scheduler_names())
 
-    @staticmethod
-    def worker_name(index: int) -> str:
-        return "worker" if index == 0 else f"worker{index + 1}"
+    def scheduler_names(self) -> list[str]:
+        return ["scheduler", *(f"scheduler{index + 1}" for index in range(1, self.schedulers))]
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        if name == "web":
-            argv = ["127.0.0.1" if arg == "0.0.0.0" else arg for arg in argv]
-            if self.web_workers > 1:
-                argv += ["--workers", str(self.web_workers)]
-        if name == "worker":
-            argv = [
-                str(self.concurrency) if prev == "--concurrency" else arg
-                for prev, arg in zip(["", *argv[:-1]], argv, strict=True)
-            ]
+        if name == "web" and self.web_workers > 1:
+            argv = [*argv, "--workers", str(self.web_workers)]
         super()._spawn(name, argv)
 
     def start(self, timeout: float = 120.0) -> BenchControlPlane:
         super().start(timeout)
-        for index in range(1, self.workers):
-            name = self.worker_name(index)
-            self._spawn(name, [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "info",
-                               "--concurrency", str(self.concurrency), "-Q", "celery",
-                               "-n", f"{name}@%h"])  # fmt: skip
+        for name in self.scheduler_names()[1:]:  # more than one: safe, not faster (docs/scheduling.md)
+            argv = commands.scheduler(sys.executable)
+            self._spawn(name, [f"{name}@%h" if arg == "scheduler@%h" else arg for arg in argv])
         return self
 
     def stop(self) -> None:
-        for index in range(1, self.workers):
-            stop_process(self.procs.pop(self.worker_name(index), None), timeout=15)
+        for name in self.scheduler_names()[1:]:
+            stop_process(self.procs.pop(name, None), timeout=15)
         super().stop()
 
 
@@ -214,7 +200,8 @@ def tree_rss(root: int) -> int:
 
 
 class Profiler:
-    """py-spy sampling the web process, the workers (with their pool children) and the hollow fleet."""
+    """py-spy sampling the web process, the worker and scheduler(s) (with their pool children)
+    and the hollow fleet."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
@@ -513,8 +500,7 @@ def main() -> None:
         default=-10,
         help="the hollow fleet's niceness (negative: ahead of the control plane for the CPU; needs root)",
     )
-    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
-    parser.add_argument("--concurrency", type=int, default=2, help="pool processes per Celery worker")
+    parser.add_argument("--schedulers", type=int, default=1, help="scheduler processes (one is the default)")
     parser.add_argument("--web-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--post-threads", type=int, default=1, help="clients POSTing deployments at once")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="agents' heartbeat interval (s)")
@@ -547,8 +533,7 @@ def main() -> None:
     os.environ.update(BERTH_DEBUG="false", BERTH_SSL_REDIRECT="false", BERTH_ALLOWED_HOSTS="*")
     plane = BenchControlPlane(
         services,
-        workers=args.workers,
-        concurrency=args.concurrency,
+        schedulers=args.schedulers,
         heartbeat=args.heartbeat,
         grace=args.grace,
         web_workers=args.web_workers,
@@ -556,7 +541,7 @@ def main() -> None:
     hollow: subprocess.Popen | None = None
     profiler: Profiler | None = None
     try:
-        log(f"starting the control plane ({args.workers} worker process(es) x {args.concurrency})")
+        log(f"starting the control plane ({args.schedulers} scheduler process(es))")
         plane.start()
         token = plane.new_join_token()
         db = psycopg.connect(services.database_url(DATABASE), autocommit=True)
@@ -588,17 +573,22 @@ def main() -> None:
         processes = {
             "web": plane.procs["web"].pid,
             "beat": plane.procs["beat"].pid,
+            "worker": plane.procs["worker"].pid,
             "hollow": hollow.pid,
             "postgres": services.postgres.proc.pid,
             "redis": services.redis.pid,
         }
-        for i in range(args.workers):
-            processes[plane.worker_name(i)] = plane.procs[plane.worker_name(i)].pid
+        for name in plane.scheduler_names():
+            processes[name] = plane.procs[name].pid
         if args.profile:
             profiler = Profiler(Path(args.profile_dir))
             if profiler.available():
                 profiler.start(
-                    {k: v for k, v in processes.items() if k in ("web", "hollow") or k.startswith("worker")}
+                    {
+                        k: v
+                        for k, v in processes.items()
+                        if k in ("web", "hollow", "worker") or k.startswith("scheduler")
+                    }
                 )
                 time.sleep(1)  # py-spy attaches
             else:
@@ -694,8 +684,7 @@ def main() -> None:
         if not_ready:
             result["nodes_not_ready_end"] = not_ready
         result["setup"] = {
-            "workers": args.workers,
-            "concurrency": args.concurrency,
+            "schedulers": args.schedulers,
             "web_workers": args.web_workers,
             "post_threads": args.post_threads,
             "heartbeat_s": args.heartbeat,

@@ -199,6 +199,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = _env_bool("BERTH_CELERY_EAGER", False)
+# Placement passes run in one process of their own, the scheduler (`celery worker -Q
+# scheduling --concurrency 1`), as kube-scheduler is one process: its snapshot cache then
+# holds every placement it committed, where pool processes taking turns would each re-read
+# the nodes the others placed onto (orchestrator/tasks.py). Everything else (the node
+# monitor, the resync) runs on the `celery` queue, served by the ordinary workers.
+SCHEDULING_QUEUE = "scheduling"
+CELERY_TASK_ROUTES = {
+    "orchestrator.reconcile_pending": {"queue": SCHEDULING_QUEUE},
+    "orchestrator.reconcile_deployment": {"queue": SCHEDULING_QUEUE},
+}
 
 # --- Orchestration ---------------------------------------------------------------------------
 # A node whose agent has sent no heartbeat for this long is NotReady.

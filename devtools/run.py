@@ -3,7 +3,8 @@
 Starts (or reuses, under .data/) a private PostgreSQL and Redis unless DATABASE_URL /
 REDIS_URL are set, makes sure a Docker engine answers, migrates, creates the `admin` user
 and an API token once, imports the demo image, then runs the web server, a Celery worker,
-Celery beat and a local agent, each line of their output prefixed with its name.
+the scheduler (a Celery worker of one process), Celery beat and a local agent, each line
+of their output prefixed with its name.
 Ctrl-C (or SIGTERM) stops everything in order; if one of them dies, the rest are stopped
 too and the exit code is 1. The next `make run` reuses .data/.
 
@@ -26,6 +27,7 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from devtools import commands
 from devtools.services import (
     PostgresServer,
     RedisServer,
@@ -49,7 +51,7 @@ class Stop(BaseException):
 
 
 _print_lock = threading.Lock()
-_COLOURS = {"web": 36, "worker": 35, "beat": 34, "agent": 32, "setup": 33, "make-run": 1}
+_COLOURS = {"web": 36, "worker": 35, "scheduler": 95, "beat": 34, "agent": 32, "setup": 33, "make-run": 1}
 
 
 def say(name: str, line: str) -> None:
@@ -223,13 +225,10 @@ def run(stack: ExitStack, children: list[Child]) -> int:
     ensure_demo_image(docker_url)
 
     base_url = f"http://127.0.0.1:{PORT}"
-    children.append(Child("web", [PYTHON, "-m", "uvicorn", "config.asgi:application",
-                                  "--host", "127.0.0.1", "--port", str(PORT),
-                                  "--timeout-graceful-shutdown", "3"], env))  # fmt: skip
-    children.append(Child("worker", [PYTHON, "-m", "celery", "-A", "config", "worker", "-l", "info",
-                                     "--concurrency", "2", "-Q", "celery"], env))  # fmt: skip
-    children.append(Child("beat", [PYTHON, "-m", "celery", "-A", "config", "beat", "-l", "info",
-                                   "--schedule", str(DATA / "celerybeat-schedule")], env))  # fmt: skip
+    children.append(Child("web", commands.web(PYTHON, "127.0.0.1", PORT), env))
+    children.append(Child("worker", commands.worker(PYTHON), env))
+    children.append(Child("scheduler", commands.scheduler(PYTHON), env))
+    children.append(Child("beat", commands.beat(PYTHON, DATA / "celerybeat-schedule"), env))
     deadline = time.monotonic() + 60
     while True:
         check_children(children)
@@ -308,8 +307,8 @@ def main() -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             # The agent first (it should not watch the control plane vanish), then the web
-            # server, worker and beat; PostgreSQL, Redis and dockerd follow from the stack.
-            for name in ("agent", "web", "worker", "beat"):
+            # server, workers and beat; PostgreSQL, Redis and dockerd follow from the stack.
+            for name in ("agent", "web", "worker", "scheduler", "beat"):
                 for child in children:
                     if child.name == name:
                         child.stop()

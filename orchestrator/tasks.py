@@ -47,18 +47,23 @@ def reconcile_deployment(deployment_id: int) -> None:
         reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
 
 
-# Requested passes wait in a Redis set; one task at a time takes up to BATCH of them.
+# Requested passes wait in a Redis set; one batch task at a time takes up to BATCH of them.
 _PENDING = "berth:reconcile-pending"
 # Background passes: asked for by agents' reports (a replica's state moved) and by the
 # periodic resync (the safety net). Taken after the others, so that under load new and
 # changed deployments are placed before statuses are refreshed and converged ones checked.
 _BACKGROUND = "berth:reconcile-observed"  # the key's old name: requests queued before an upgrade stay
+# Set while a batch task is queued or running: requests meanwhile only join the sets, and
+# the batch queues the next one as it ends. Batches run one at a time, in the scheduler's
+# one process (config/settings.py, SCHEDULING_QUEUE), whose snapshot cache then holds all
+# it placed (docs/scheduling.md, Concurrency). Two at once are still safe (the optimistic
+# commit): the mark expires, so a batch lost with a killed scheduler holds nothing back for
+# long, and the resync forces one.
 _BATCH_QUEUED = "berth:reconcile-batch-queued"
-# Passes others asked for (API, node changes): small batches, so that a burst spreads over
-# every pool process (a batch that finds more waiting queues another at once); with 200,
-# one process took a whole burst of new deployments while the others idled. A batch of
-# them is never topped up with background passes, which are taken (in bigger batches: each
-# is cheap) only when none of the others waits.
+BATCH_MARK_SECONDS = 60
+# Passes others asked for (API, node changes); a batch of them is never topped up with
+# background passes, which are taken (in bigger batches: each is cheap) only when none of
+# the others waits.
 BATCH = 20
 BACKGROUND_BATCH = 200
 # While a batch runs, the nodes it placed onto get their desired sets at least this often.
@@ -104,7 +109,7 @@ def request_reconciles(deployment_ids, *, force: bool = False, background: bool 
 
 
 def _queue_batch(marks, *, force: bool = False) -> None:
-    if marks.set(_BATCH_QUEUED, 1, nx=not force, ex=60):
+    if marks.set(_BATCH_QUEUED, 1, nx=not force, ex=BATCH_MARK_SECONDS):
         try:
             reconcile_pending.delay()
         except REDIS_ERRORS:
@@ -118,17 +123,29 @@ def _queue_batch(marks, *, force: bool = False) -> None:
 def reconcile_pending() -> None:
     """Reconcile a batch of the requested deployments, in one snapshot scan, sending each
     touched node its desired set once per DISPATCH_EVERY_SECONDS rather than per pass.
-    More waiting than a batch: another task is queued at once, for another worker."""
+    More waiting than a batch: the next batch task is queued as this one ends."""
     marks = _queued_marks()
-    # Cleared before taking any: a request from now on queues another batch.
+    # This batch holds the mark until it ends (requests meanwhile wait for the next).
+    marks.set(_BATCH_QUEUED, 1, ex=BATCH_MARK_SECONDS)
+    try:
+        _run_batch(marks)
+    except BaseException:
+        # The retry (or the next request) takes what waits; not queued here, so that a
+        # database outage is not a loop of batches failing at once.
+        with contextlib.suppress(*REDIS_ERRORS):
+            marks.delete(_BATCH_QUEUED)
+        raise
     marks.delete(_BATCH_QUEUED)
+    if marks.scard(_PENDING) or marks.scard(_BACKGROUND):
+        _queue_batch(marks)
+
+
+def _run_batch(marks) -> None:
     ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_BACKGROUND, BACKGROUND_BATCH) or ())
     if not ids:
         return
     marks.srem(_BACKGROUND, *ids)  # one pass each, whichever set asked
     taken = sorted(int(pk) for pk in ids)
-    if marks.scard(_PENDING) or marks.scard(_BACKGROUND):
-        _queue_batch(marks)
     effects = Effects()
     done = 0
     again: list[int] = []  # passes that stopped at the burst limit: they go on in a next batch
@@ -144,9 +161,11 @@ def reconcile_pending() -> None:
                     reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
                 if time.monotonic() - last_dispatch >= DISPATCH_EVERY_SECONDS:
                     effects.flush()
+                    marks.expire(_BATCH_QUEUED, BATCH_MARK_SECONDS)  # still running
                     last_dispatch = time.monotonic()
         effects.flush()
-        request_reconciles(again)
+        if again:
+            marks.sadd(_PENDING, *again)
     except BaseException:
         # Not lost: what was not done goes back to wait (and the retry takes it); what was
         # done is sent if it still can be (else nodes_to_resend finds it within seconds).

@@ -65,7 +65,7 @@ def hosts(e2e_hosts) -> list[Host]:
 
 @pytest.fixture(scope="session")
 def control_plane(berth_services) -> ControlPlane:
-    """uvicorn + Celery worker + beat on database berth_e2e; see ControlPlane for the API."""
+    """uvicorn, the Celery worker and scheduler, and beat on database berth_e2e (see ControlPlane)."""
     plane = ControlPlane(berth_services)
     live_state["control_plane"] = plane
     try:

@@ -218,10 +218,11 @@ def _pool_children(pid: int) -> list[int]:
 
 
 def test_worker_killed_mid_rollout(faulty, api, control_plane):
-    """The worker dies in the middle of a rollout, holding work: its pool is frozen first, so
-    at the kill it is inside a reconcile (a transaction open, row locks held) or holds the
-    reserved, unacknowledged task for a second rollout declared meanwhile (lost with it, its
-    "queued" mark left behind in Redis). A new worker starts, as a supervisor would start one."""
+    """The scheduler (the Celery worker that runs the passes) dies in the middle of a rollout,
+    holding work: its pool is frozen first, so at the kill it is inside a reconcile (a
+    transaction open, row locks held) or holds the reserved, unacknowledged task for a second
+    rollout declared meanwhile (lost with it, its "queued" mark left behind in Redis). A new
+    one starts, as a supervisor would start one."""
     hosts = faulty
     name = unique("wkill")
     agent_pids = {h.name: h.agent.pid for h in hosts}
@@ -238,28 +239,28 @@ def test_worker_killed_mid_rollout(faulty, api, control_plane):
             20,
             lambda: f"a new replica running: {watch.snapshot()}",
         )
-        worker = control_plane.procs["worker"]
-        for child in _pool_children(worker.pid):  # the pool stops; the main process still takes tasks
+        scheduler = control_plane.procs["scheduler"]
+        for child in _pool_children(scheduler.pid):  # the pool stops; the main process still takes tasks
             os.kill(child, signal.SIGSTOP)
         # The second change may wait for a row lock a frozen reconcile holds: send it aside.
         second: dict = {}
         sender = threading.Thread(target=lambda: second.update(patch(api, name, env={"ROLLOUT": "2"})))
         sender.start()
-        # The worker holds a reconcile: running in a frozen child (its transaction open) or
+        # The scheduler holds a reconcile: running in a frozen child (its transaction open) or
         # reserved by the main process; unacknowledged either way, lost with the worker.
         wait_for(
             lambda: any(b"orchestrator.reconcile_" in m for m in broker.hvals("unacked")),
             10,
-            lambda: f"the worker to hold a reconcile; it holds {broker.hvals('unacked')}",
+            lambda: f"the scheduler to hold a reconcile; it holds {broker.hvals('unacked')}",
         )
         held = broker.hlen("unacked")
         started = time.monotonic()
-        control_plane.kill("worker", signal.SIGKILL)
+        control_plane.kill("scheduler", signal.SIGKILL)
         sender.join(30)
         assert second, "the second change was answered once the killed worker's locks went"
-        control_plane.start_process("worker")
+        control_plane.start_process("scheduler")
         recovered = wait_converged(
-            api, watch, name, REPLICAS, started, f"worker killed holding {held} task(s)"
+            api, watch, name, REPLICAS, started, f"scheduler killed holding {held} task(s)"
         )
     watch.assert_never_started_twice()
     assert_declared(api, name, env={"ROLLOUT": "2"}, replicas=REPLICAS, generation=second["generation"])

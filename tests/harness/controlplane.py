@@ -1,4 +1,5 @@
-"""The real control plane for e2e tests: uvicorn + Celery worker + Celery beat as subprocesses.
+"""The real control plane for e2e tests: uvicorn, the Celery worker and scheduler, and Celery
+beat as subprocesses (the command lines of devtools/commands.py).
 
 It gets a database of its own (`berth_e2e`, not pytest-django's `test_berth`) on the session's
 private PostgreSQL, and Redis database 1 (integration tests use 0), so the worker never
@@ -19,6 +20,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from devtools import commands
 from devtools.services import die_with_parent, free_port, stop_process, tail
 from tests.harness.hosts import REPO, child_env
 from tests.harness.plugin import TestServices
@@ -55,7 +57,8 @@ class ApiClient(requests.Session):
 class ControlPlane:
     """A running control plane. Tests use base_url, api, agent_url_for(), new_join_token(), wait_for()."""
 
-    PROCESSES = ("web", "worker", "beat")
+    PROCESSES = ("web", "worker", "scheduler", "beat")
+    web_host = "0.0.0.0"  # agents in the test hosts' namespaces reach it through their gateway
 
     def __init__(self, services: TestServices) -> None:
         self.services = services
@@ -146,14 +149,10 @@ class ControlPlane:
         self.api = ApiClient(self.base_url, self.api_token)
 
         python = sys.executable
-        # A bounded graceful stop, as in production (Dockerfile): see README, Failure behaviour.
-        self._spawn("web", [python, "-m", "uvicorn", "config.asgi:application",
-                            "--host", "0.0.0.0", "--port", str(self.port),
-                            "--timeout-graceful-shutdown", "3"])  # fmt: skip
-        self._spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "-l", "info",
-                               "--concurrency", "2", "-Q", "celery"])  # fmt: skip
-        self._spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "-l", "info",
-                             "--schedule", str(self.dir / "beat-schedule")])  # fmt: skip
+        self._spawn("web", commands.web(python, self.web_host, self.port))
+        self._spawn("worker", commands.worker(python))
+        self._spawn("scheduler", commands.scheduler(python))
+        self._spawn("beat", commands.beat(python, self.dir / "beat-schedule"))
 
         self.wait_healthy(timeout)
         self.timings["ready"] = time.monotonic() - started
@@ -239,7 +238,7 @@ class ControlPlane:
         self.api_token = self.manage_last_line("api_token", "admin")
 
     def stop(self) -> None:
-        for name in ("web", "beat", "worker"):
+        for name in ("web", "beat", "worker", "scheduler"):
             proc = self.procs.pop(name, None)
             if proc is not None:
                 stop_process(proc, timeout=15)

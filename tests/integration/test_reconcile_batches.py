@@ -64,10 +64,53 @@ def test_more_than_a_batch_queues_another_task_at_once(ready_nodes, queued, monk
         create(f"web{i}", 1)
     assert len(queued) == 1
     tasks.reconcile_pending()
-    assert len(queued) == 2  # one left: another task, for another worker
+    assert len(queued) == 2  # one left: the next batch
     assert Replica.objects.filter(node__isnull=False).count() == 2
     tasks.reconcile_pending()
     assert Replica.objects.filter(node__isnull=False).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_batch_runs_at_a_time_and_queues_the_next_as_it_ends(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    create("first", 1)
+    assert len(queued) == 1
+    real = tasks._reconcile_deployment
+    during: list[int] = []
+
+    def pass_while_asked(pk, effects):
+        if not during:
+            create("late", 1)  # asked for while the batch runs
+            during.append(len(queued))
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", pass_while_asked)
+    tasks.reconcile_pending()
+    assert during == [1]  # no second batch beside this one
+    assert len(queued) == 2  # queued as it ended
+    assert tasks._queued_marks().exists(tasks._BATCH_QUEUED)  # held for the queued one
+    tasks.reconcile_pending()
+    assert Replica.objects.filter(node__isnull=False).count() == 2
+    assert len(queued) == 2  # nothing waits: nothing queued
+    assert not tasks._queued_marks().exists(tasks._BATCH_QUEUED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_fails_frees_the_mark_without_queuing_another(ready_nodes, queued, monkeypatch):
+    """Its retry takes what waits; queuing one at once would loop while the database is down."""
+    ready_nodes("h1")
+    create("web", 1)
+
+    def down(pk, effects=None):
+        raise OperationalError("the server closed the connection")
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", down)
+    with pytest.raises(OperationalError):
+        tasks.reconcile_pending()
+    assert len(queued) == 1
+    assert not tasks._queued_marks().exists(tasks._BATCH_QUEUED)
+    create("other", 1)  # a request meanwhile queues a batch
+    assert len(queued) == 2
 
 
 @pytest.mark.django_db(transaction=True)
