@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 HEALTHY_AFTER = 10.0  # a session welcomed and kept this long resets the back-off
 FULL_SET_REQUEST_EVERY = 2.0  # seconds between two requests for the full desired set
 PARTIAL_STATUS = "status.partial"  # the welcome feature of control planes that take partial status
+STATUS_BEATS = "status.heartbeat"  # ... and of those that count a status frame as a heartbeat
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a desired set for a busy node can be large
 
 
@@ -91,6 +92,8 @@ class Session:
         self._full_set_requested_at = float("-inf")
         self._heartbeat_every = DEFAULT_HEARTBEAT_INTERVAL  # this connection's, from its welcome
         self._heartbeat_wake: asyncio.Future[bool] | None = None  # the heartbeat's wait, if any
+        self._status_beats = False  # this connection's control plane counts status frames as beats
+        self._status_sent_at = float("-inf")  # when the last status frame went (monotonic)
         self._entries: EntryCache = {}  # status frame entries, rebuilt only for changed replicas
 
     async def run_forever(self) -> None:
@@ -197,12 +200,13 @@ class Session:
                             frame.heartbeat_interval,
                         )
                         self._heartbeat_every = frame.heartbeat_interval
+                        self._status_beats = STATUS_BEATS in frame.features
                         helpers.append(self._guard(ws, self._heartbeat(ws), "heartbeat"))
                         helpers.append(
                             self._guard(
                                 ws,
                                 self._reporter.run(
-                                    ws.send,
+                                    self._status_sender(ws),
                                     self._snapshot,
                                     lambda: self._reconciler.ready,
                                     partial=PARTIAL_STATUS in frame.features,
@@ -289,11 +293,20 @@ class Session:
     def _snapshot(self) -> dict[str, Any]:
         return status_frame(self._reconciler.generation, self._reconciler.statuses(), self._entries)
 
+    def _status_sender(self, ws: ClientConnection) -> Callable[[str], Awaitable[None]]:
+        async def send(message: str) -> None:
+            await ws.send(message)
+            self._status_sent_at = time.monotonic()
+
+        return send
+
     async def _heartbeat(self, ws: ClientConnection) -> None:
         """A heartbeat every `_heartbeat_every` seconds; a new interval applies at once, to
-        the wait under way too (counted from the last beat). The wait is a plain timer, as
-        cheap as a sleep: a hollow fleet runs thousands of these. When the timer fires the
-        beat goes without reading the clock again, as it did after a sleep."""
+        the wait under way too (counted from the last beat). A status frame sent meanwhile
+        is the beat, when the control plane says so (STATUS_BEATS): the wait starts again
+        from it. The wait is a plain timer, as cheap as a sleep: a hollow fleet runs
+        thousands of these. When the timer fires the beat goes without reading the clock
+        again, as it did after a sleep."""
         frame = json.dumps(heartbeat_frame())
         loop = asyncio.get_running_loop()
         last = time.monotonic()
@@ -308,6 +321,9 @@ class Session:
                     timer.cancel()
                 if not due:
                     continue  # the interval changed: wait again, counted from the last beat
+            if self._status_beats and self._status_sent_at > last:
+                last = self._status_sent_at  # a status frame went meanwhile: it was the beat
+                continue
             await ws.send(frame)
             last = time.monotonic()
 

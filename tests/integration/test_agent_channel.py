@@ -338,6 +338,31 @@ def test_an_agent_without_the_settings_feature_keeps_its_interval(scaled_heartbe
     assert quiet
 
 
+def test_a_status_frame_counts_as_a_heartbeat():
+    from nodes import heartbeats
+
+    node, credential = enroll()
+    recorded = database_sync_to_async(lambda: node.pk in heartbeats.read_all())
+
+    async def until_recorded():
+        deadline = time.monotonic() + 5
+        while not await recorded():
+            assert time.monotonic() < deadline, "no heartbeat recorded"
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        ws = communicator(credential)
+        welcome = await welcomed(ws, [])
+        await until_recorded()  # the hello's
+        await database_sync_to_async(heartbeats.forget)(node.pk)
+        await ws.send_json_to({"type": "status", "generation": 1, "full": True, "replicas": []})
+        await until_recorded()
+        await ws.disconnect()
+        return welcome
+
+    assert "status.heartbeat" in run(scenario)["features"]
+
+
 def test_a_web_process_knows_the_fleet_size_from_its_start_and_through_a_redis_loss(scaled_heartbeats):
     from nodes import heartbeats
 

@@ -29,8 +29,11 @@ RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 SERVER_RESTART = 1012  # the close code uvicorn gives every WebSocket when it shuts down
 PARTIAL_SETS = "desired.partial"  # the hello feature of agents that take partial frames
 SETTINGS = "settings"  # the hello feature of agents that take a new heartbeat interval
+# The welcome feature saying that a status frame counts as a heartbeat: an agent that sent
+# one needs no heartbeat until an interval after it (a busy fleet's beats mostly vanish).
+STATUS_BEATS = "status.heartbeat"
 # What this control plane understands beyond version 1 of the protocol (sent in `welcome`).
-FEATURES = ["status.partial"]
+FEATURES = ["status.partial", STATUS_BEATS]
 FULL_SET_EVERY = 1.0  # seconds: the most often an agent's request gets it a full set
 
 
@@ -110,14 +113,10 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs):
         kind = content.get("type") if isinstance(content, dict) else None
         if kind == "heartbeat":
-            await heartbeats.record(self.node_id, time.time())
-            await self._refresh_group()
-            if self.settings_ok and (interval := heartbeats.interval()) != self.told_interval:
-                # The fleet grew or shrank: beat at the rate it calls for (nodes/heartbeats.py).
-                self.told_interval = interval
-                await self.send_json({"type": "settings", "heartbeat_interval": interval})
+            await self._beat()
         elif kind == "status":
             await self._report(content)
+            await self._beat()  # a status frame is a heartbeat too (STATUS_BEATS)
         elif kind == "hello":
             await self._hello(content)
         elif kind == "desired.request":
@@ -126,6 +125,14 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             await self.receive_stream_frame(content)  # logs, exec, metrics: agent_streams.py
         else:
             log.warning("node %s sent an unknown frame type %r; ignored", self.node_name, kind)
+
+    async def _beat(self):
+        await heartbeats.record(self.node_id, time.time())
+        await self._refresh_group()
+        if self.settings_ok and (interval := heartbeats.interval()) != self.told_interval:
+            # The fleet grew or shrank: beat at the rate it calls for (nodes/heartbeats.py).
+            self.told_interval = interval
+            await self.send_json({"type": "settings", "heartbeat_interval": interval})
 
     async def _hello(self, hello: dict):
 

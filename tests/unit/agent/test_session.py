@@ -93,6 +93,7 @@ class ControlPlane:
         return None
 
     heartbeat_interval = 0.1  # told in the welcome
+    features: tuple[str, ...] = ()  # ... with these
 
     async def handler(self, ws):
         """Records every frame; answers `hello` with a welcome and the desired set (generation
@@ -101,7 +102,12 @@ class ControlPlane:
             frame = json.loads(message)
             self.frames.append(frame)
             if frame["type"] == "hello":
-                welcome = {"type": "welcome", "node": "h1", "heartbeat_interval": self.heartbeat_interval}
+                welcome = {
+                    "type": "welcome",
+                    "node": "h1",
+                    "heartbeat_interval": self.heartbeat_interval,
+                    "features": list(self.features),
+                }
                 await ws.send(json.dumps(welcome))
                 await ws.send(json.dumps(DESIRED))
             else:
@@ -227,6 +233,48 @@ def test_a_settings_frame_changes_the_heartbeat_interval(tmp_path):
     assert "settings" in plane.frames[0]["features"]
     first_status = next(i for i, f in enumerate(plane.frames) if f["type"] == "status")
     assert all(f["type"] != "heartbeat" for f in plane.frames[:first_status])
+
+
+class BusyControlPlane(ControlPlane):
+    """Keeps the agent reporting: answers each of its status frames with a newer desired set,
+    ROUNDS times (a frame every debounce, far more often than the heartbeat interval), then
+    goes quiet."""
+
+    heartbeat_interval = 0.5
+    ROUNDS = 30
+
+    def __init__(self, accepted: str, features: tuple[str, ...]):
+        super().__init__(accepted)
+        self.features = features
+        self.quiet = asyncio.Event()
+        self.quiet_from = 0  # the index of the last status frame asked for
+
+    async def react(self, ws, frame: dict) -> None:
+        if frame["type"] != "status":
+            return
+        if frame["generation"] < DESIRED["generation"] + self.ROUNDS:
+            await ws.send(json.dumps({**DESIRED, "generation": frame["generation"] + 1}))
+        elif not self.quiet.is_set():
+            self.quiet_from = len(self.frames)
+            self.quiet.set()
+
+
+@pytest.mark.parametrize("counted", [True, False], ids=["counted", "not-counted"])
+def test_status_frames_stand_for_heartbeats_when_the_control_plane_counts_them(tmp_path, counted):
+    plane = BusyControlPlane("berth_node_old", features=(session_module.STATUS_BEATS,) if counted else ())
+
+    async def until():
+        await plane.quiet.wait()
+        while not any(f["type"] == "heartbeat" for f in plane.frames[plane.quiet_from :]):
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=until))
+    first_status = next(i for i, f in enumerate(plane.frames) if f["type"] == "status")
+    busy = plane.frames[first_status : plane.quiet_from]
+    assert sum(f["type"] == "status" for f in busy) >= BusyControlPlane.ROUNDS
+    beats = sum(f["type"] == "heartbeat" for f in busy)
+    # Counted: none while frames flow, and they come back once it is quiet (`until`).
+    assert beats == 0 if counted else beats >= 2
 
 
 def test_refused_credential_with_join_token_enrolls_again(tmp_path, monkeypatch):
