@@ -5,7 +5,7 @@ reconcile only once the transaction has committed, so a worker never sees a
 half-written spec. The API, the dashboard and management commands all call these.
 """
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from orchestrator.events import record_event
@@ -52,23 +52,39 @@ def _enqueue_reconcile(deployment_id: int) -> None:
     transaction.on_commit(lambda: request_reconcile(deployment_id))
 
 
+class NameTaken(ValueError):
+    """A live deployment of that name already exists in the namespace."""
+
+
+_NAME_UNIQUE = "deployment_name_unique_in_namespace"
+
+
 def do_create_deployment(namespace: Namespace, spec: dict, actor) -> Deployment:
-    """Create a deployment from a validated spec (name plus SPEC_FIELDS)."""
-    with transaction.atomic():
-        deployment = Deployment.objects.create(
-            namespace=namespace,
-            name=spec["name"],
-            current_revision=1,  # the revision recorded below
-            **{f: spec[f] for f in SPEC_FIELDS if f in spec},
-        )
-        record_event(
-            deployment,
-            "Created",
-            f"created with image {deployment.image} and {deployment.replicas} replica(s)",
-            actor=_actor_name(actor),
-        )
-        _add_revision(deployment, 1, "created", _actor_name(actor))
-        _enqueue_reconcile(deployment.pk)
+    """Create a deployment from a validated spec (name plus SPEC_FIELDS). Raises NameTaken
+    if the namespace has a live one of that name: the unique constraint decides, so two
+    creates racing for a name get one deployment and one NameTaken, never an error 500."""
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                namespace=namespace,
+                name=spec["name"],
+                current_revision=1,  # the revision recorded below
+                **{f: spec[f] for f in SPEC_FIELDS if f in spec},
+            )
+            record_event(
+                deployment,
+                "Created",
+                f"created with image {deployment.image} and {deployment.replicas} replica(s)",
+                actor=_actor_name(actor),
+            )
+            _add_revision(deployment, 1, "created", _actor_name(actor))
+            _enqueue_reconcile(deployment.pk)
+    except IntegrityError as exc:
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) == _NAME_UNIQUE:
+            raise NameTaken(
+                f"a deployment named {spec['name']!r} already exists in namespace {namespace.name!r}"
+            ) from None
+        raise
     return deployment
 
 

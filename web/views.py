@@ -197,12 +197,14 @@ def deployment_create(request):
         if not serializer.is_valid():
             errors.update(_flatten(serializer.errors))
         errors.update(form_errors)  # what could not be read at all says so, not "required"
-        if not errors and Deployment.live.filter(namespace=namespace, name=payload["name"]).exists():
-            errors["name"] = [f"a deployment named {payload['name']!r} already exists in {namespace.name}"]
         if not errors:
-            deployment = serializer.save()
-            messages.success(request, f"Deployment {deployment.name} created.")
-            return redirect("deployment-detail", namespace=namespace.name, name=deployment.name)
+            try:
+                deployment = serializer.save()
+            except services.NameTaken as exc:
+                errors["name"] = [str(exc)]
+            else:
+                messages.success(request, f"Deployment {deployment.name} created.")
+                return redirect("deployment-detail", namespace=namespace.name, name=deployment.name)
     return render(
         request,
         "deployments/create.html",

@@ -53,9 +53,49 @@ def test_create_get_patch_delete(api, django_capture_on_commit_callbacks):
 
 def test_the_name_is_free_again_once_deleted(api):
     assert api.post(URL, GOOD, format="json").status_code == 201
-    assert api.post(URL, GOOD, format="json").status_code == 409
+    taken = api.post(URL, {**GOOD, "replicas": 7}, format="json")
+    assert taken.status_code == 409
+    assert taken.json() == {"name": ["a deployment named 'web' already exists in namespace 'default'"]}
+    assert Deployment.objects.get(name="web").replicas == 2  # the first one, untouched
+    assert Event.objects.filter(name="web", reason="Created").count() == 1
     api.delete(URL + "web/")
     assert api.post(URL, GOOD, format="json").status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_creates_racing_for_a_name_make_one_deployment_and_one_409(django_user_model):
+    """No check-then-insert: the second waits on the unique index, then is told the name is
+    taken (not a 500)."""
+    import threading
+
+    from django.db import connection
+
+    from orchestrator import services
+    from orchestrator.models import Namespace
+
+    user = django_user_model.objects.create_user("racer")
+    namespace = Namespace.objects.get(name="default")
+    spec = {"name": "web", "image": "berth-test/busybox:1", "replicas": 1}
+    start = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def create():
+        start.wait()
+        try:
+            services.do_create_deployment(namespace, spec, user)
+            outcomes.append("created")
+        except services.NameTaken:
+            outcomes.append("taken")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["created", "taken"]
+    assert Deployment.objects.filter(name="web").count() == 1
 
 
 @pytest.mark.parametrize(

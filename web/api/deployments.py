@@ -321,14 +321,10 @@ class DeploymentViewSet(
         self.get_namespace()
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if Deployment.live.filter(
-            namespace=self.get_namespace(), name=serializer.validated_data["name"]
-        ).exists():
-            return Response(
-                {"name": [f"a deployment named {serializer.validated_data['name']!r} already exists here"]},
-                status=status.HTTP_409_CONFLICT,
-            )
-        serializer.save()
+        try:
+            serializer.save()
+        except services.NameTaken as exc:
+            return Response({"name": [str(exc)]}, status=status.HTTP_409_CONFLICT)
         return Response(serializer.data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=ReplicaSerializer(many=True))
