@@ -274,7 +274,14 @@ class Replica(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["namespace", "name"], name="replica_name_unique_in_namespace")
         ]
-        indexes = [models.Index(fields=["node", "phase"])]
+        # No index holds `phase` (nor any other column agents report), so applying their
+        # reports can update rows in place (PostgreSQL's HOT updates, with the room the
+        # table's fillfactor leaves on each page: migration 0009); replicas of a node are
+        # found through the node's foreign-key index. Replicas waiting for a node are few:
+        # a partial index finds them.
+        indexes = [
+            models.Index(fields=["deployment"], condition=Q(node__isnull=True), name="replica_unplaced")
+        ]
 
     def __str__(self) -> str:
         return self.name

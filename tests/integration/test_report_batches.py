@@ -193,3 +193,24 @@ def test_a_replica_marked_terminating_after_the_read_is_left_to_the_controller()
         stopping.name: "Terminating",
         running.name: "Running",
     }
+
+
+def test_what_agents_report_is_in_no_index_and_pages_keep_room_for_new_versions():
+    """So that applying reports updates rows in place (PostgreSQL's HOT updates): an index on
+    a reported column (as `phase` once was) makes every report write an entry in every index
+    of the table (benchmarks/scheduler_throughput.py --pg-statements: that UPDATE took
+    twice as long)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = 'orchestrator_replica'::regclass"
+        )
+        indexed = {row[0] for row in cursor.fetchall()}
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'orchestrator_replica'")
+        (options,) = cursor.fetchone()
+    assert indexed  # the query reads the catalogue right
+    assert indexed & {*node_reports._OBSERVED, "updated_at"} == set()
+    assert "fillfactor=75" in (options or [])
