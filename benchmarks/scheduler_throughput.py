@@ -475,6 +475,40 @@ class WaitSampler:
         return {"samples": self.samples, "top": per_sample}
 
 
+class StatementStats:
+    """PostgreSQL's own account of the window (pg_stat_statements): the statements that took
+    the most execution time, with their calls. Planning and the protocol's round trips are
+    not in it; the CPU figures are."""
+
+    SETTINGS = ("shared_preload_libraries=pg_stat_statements", "pg_stat_statements.track=all")
+    QUERY = """
+    SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 160), calls, total_exec_time, rows
+    FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT %s
+    """
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self.db = db
+
+    def start(self) -> None:
+        self.db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.db.execute("SELECT pg_stat_statements_reset()")
+
+    def stop(self, top: int = 15) -> dict[str, Any]:
+        (total_ms, calls), rows = (
+            self.db.execute("SELECT sum(total_exec_time), sum(calls) FROM pg_stat_statements").fetchone(),
+            self.db.execute(self.QUERY, [top]).fetchall(),
+        )
+        return {
+            "statements": int(calls or 0),
+            "exec_s": round((total_ms or 0) / 1000, 2),
+            "top": [
+                {"query": query, "calls": n, "total_ms": round(ms, 1),
+                 "mean_us": round(1000 * ms / max(n, 1)), "rows": r}
+                for query, n, ms, r in rows
+            ],
+        }  # fmt: skip
+
+
 IDLE_SAMPLE_SECONDS = 5.0
 
 
@@ -512,6 +546,9 @@ def main() -> None:
     parser.add_argument("--no-taints", action="store_true")
     parser.add_argument("--profile", action="store_true", help="sample web and workers with py-spy")
     parser.add_argument("--pg-waits", action="store_true", help="sample what PostgreSQL sessions wait on")
+    parser.add_argument(
+        "--pg-statements", action="store_true", help="PostgreSQL's costliest statements of the window"
+    )
     parser.add_argument("--profile-dir", default=str(REPO / "test-artifacts" / "scheduler-profile"))
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the control plane's and fleet's logs here")
     parser.add_argument(
@@ -527,7 +564,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # so that `finally` tears everything down
     result: dict[str, Any] = {"nodes": args.nodes, "replicas": args.replicas}
     log("starting PostgreSQL and Redis")
-    services = start_services()
+    services = start_services(StatementStats.SETTINGS if args.pg_statements else ())
     # The control plane runs as in production, not with the test suite's settings: no
     # DEBUG (query logging); its connection pool is on (tests/harness/controlplane.py).
     os.environ.update(BERTH_DEBUG="false", BERTH_SSL_REDIRECT="false", BERTH_ALLOWED_HOSTS="*")
@@ -606,6 +643,9 @@ def main() -> None:
         sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
         if sampler:
             sampler.start()
+        statements = StatementStats(db) if args.pg_statements else None
+        if statements:
+            statements.start()
 
         if args.pause_fleet:
             os.killpg(hollow.pid, signal.SIGSTOP)
@@ -675,6 +715,8 @@ def main() -> None:
             name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()
         }
         result["cpu_window_s"] = round(window, 1)
+        if statements:
+            result["pg_statements"] = statements.stop()
         result["hollow_rss_end_mib"] = round(tree_rss(hollow.pid) / 2**20, 1)
         result["web_rss_end_mib"] = round(tree_rss(plane.procs["web"].pid) / 2**20, 1)
         result["nodes_ready_end"] = ready_nodes(db)

@@ -242,6 +242,7 @@ class PostgresServer:
         port: int = 5432,
         listen_tcp: bool = False,
         for_tests: bool = False,
+        settings: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.socket_dir = Path(socket_dir).absolute()
@@ -249,6 +250,7 @@ class PostgresServer:
         self.port = port
         self.listen_tcp = listen_tcp
         self.for_tests = for_tests
+        self.settings = tuple(settings)  # more `name=value` server settings (-c)
         self.proc: subprocess.Popen | None = None
         self.run_as = "postgres" if is_root() else None
 
@@ -311,6 +313,8 @@ class PostgresServer:
         if self.for_tests:
             # Durability is worthless for a throwaway cluster; speed is not.
             cmd += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        for setting in self.settings:
+            cmd += ["-c", setting]
         # SIGINT is PostgreSQL's "fast shutdown".
         self.proc = spawn_logged(cmd, self.log_path, signal.SIGINT, cwd=self.data_dir, **self._popen_user())
         wait_until(self._accepting, timeout, "PostgreSQL", proc=self.proc, log=self.log_path)

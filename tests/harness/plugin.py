@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Sequence
 
 import pytest
 
@@ -127,7 +128,8 @@ def _start_with_free_port(make, attempts: int = 5):
     raise AssertionError("unreachable")
 
 
-def start_services() -> TestServices:
+def start_services(postgres_settings: Sequence[str] = ()) -> TestServices:
+    """A private PostgreSQL (with these more `name=value` settings) and Redis."""
     swept = sweep_stale_sessions()
     session = HarnessSession.create()
     root = session.root
@@ -137,7 +139,7 @@ def start_services() -> TestServices:
         postgres = _start_with_free_port(
             lambda port: PostgresServer(
                 root / "postgres", root / "pg-socket", root / "logs" / "postgres.log",
-                port=port, listen_tcp=True, for_tests=True,
+                port=port, listen_tcp=True, for_tests=True, settings=postgres_settings,
             )
         )  # fmt: skip
         postgres.create_database("berth")
