@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import time
+import uuid
 from datetime import timedelta
 
 import redis
@@ -108,39 +109,58 @@ def request_reconciles(deployment_ids, *, force: bool = False, background: bool 
         log.warning("could not queue a reconcile of deployment %s (%s); the resync will", shown, exc)
 
 
+# The mark holds the token of the batch task it stands for: a batch ends by deleting the
+# mark only if it is still its own. A resync (force) or an expired mark may have handed it
+# to another task meanwhile: that one goes on, and this one queues nothing more (else each
+# such hand-over would leave one more task going round for as long as work waits).
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_REFRESH = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+)
+
+
 def _queue_batch(marks, *, force: bool = False) -> None:
-    if marks.set(_BATCH_QUEUED, 1, nx=not force, ex=BATCH_MARK_SECONDS):
+    token = uuid.uuid4().hex
+    if marks.set(_BATCH_QUEUED, token, nx=not force, ex=BATCH_MARK_SECONDS):
         try:
-            reconcile_pending.delay()
+            reconcile_pending.delay(token)
         except REDIS_ERRORS:
             # No task went out: the mark must not hold back the next request for a minute.
             with contextlib.suppress(*REDIS_ERRORS):
-                marks.delete(_BATCH_QUEUED)
+                _release(marks, token)
             raise
 
 
+def _release(marks, token: str | None) -> bool:
+    """Delete the mark if it is this batch's (a task without a token, queued by an older
+    version, owns whatever mark there is); True if it was."""
+    if token is None:
+        return bool(marks.delete(_BATCH_QUEUED))
+    return bool(marks.eval(_RELEASE, 1, _BATCH_QUEUED, token))
+
+
 @shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)
-def reconcile_pending() -> None:
+def reconcile_pending(token: str | None = None) -> None:
     """Reconcile a batch of the requested deployments, in one snapshot scan, sending each
     touched node its desired set once per DISPATCH_EVERY_SECONDS rather than per pass.
-    More waiting than a batch: the next batch task is queued as this one ends."""
+    More waiting than a batch: the next batch task is queued as this one ends. `token`:
+    the mark's, set when this task was queued (see _RELEASE)."""
     marks = _queued_marks()
-    # This batch holds the mark until it ends (requests meanwhile wait for the next).
-    marks.set(_BATCH_QUEUED, 1, ex=BATCH_MARK_SECONDS)
     try:
-        _run_batch(marks)
+        _run_batch(marks, token)
     except BaseException:
-        # The retry (or the next request) takes what waits; not queued here, so that a
-        # database outage is not a loop of batches failing at once.
+        # What was not done waits in the sets. A database or Redis outage: the retry takes
+        # it (not queued here, so that an outage is not a loop of batches failing at once);
+        # anything else: the next request or the periodic resync.
         with contextlib.suppress(*REDIS_ERRORS):
-            marks.delete(_BATCH_QUEUED)
+            _release(marks, token)
         raise
-    marks.delete(_BATCH_QUEUED)
-    if marks.scard(_PENDING) or marks.scard(_BACKGROUND):
+    released = _release(marks, token)
+    if (released or not marks.exists(_BATCH_QUEUED)) and (marks.scard(_PENDING) or marks.scard(_BACKGROUND)):
         _queue_batch(marks)
 
 
-def _run_batch(marks) -> None:
+def _run_batch(marks, token: str | None) -> None:
     ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_BACKGROUND, BACKGROUND_BATCH) or ())
     if not ids:
         return
@@ -153,7 +173,7 @@ def _run_batch(marks) -> None:
     try:
         with snapshot_held():
             for deployment_id in taken:
-                recheck_in = _reconcile_deployment(deployment_id, effects)
+                recheck_in = _pass(deployment_id, effects)
                 done += 1
                 if recheck_in == AGAIN_NOW:
                     again.append(deployment_id)
@@ -161,7 +181,10 @@ def _run_batch(marks) -> None:
                     reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
                 if time.monotonic() - last_dispatch >= DISPATCH_EVERY_SECONDS:
                     effects.flush()
-                    marks.expire(_BATCH_QUEUED, BATCH_MARK_SECONDS)  # still running
+                    if token is None:
+                        marks.expire(_BATCH_QUEUED, BATCH_MARK_SECONDS)  # still running
+                    else:
+                        marks.eval(_REFRESH, 1, _BATCH_QUEUED, token, BATCH_MARK_SECONDS)
                     last_dispatch = time.monotonic()
         effects.flush()
         if again:
@@ -175,6 +198,23 @@ def _run_batch(marks) -> None:
         with contextlib.suppress(*DATABASE_ERRORS, *REDIS_ERRORS):
             effects.flush()
         raise
+
+
+def _pass(deployment_id: int, effects: Effects) -> float | None:
+    """One deployment's pass within a batch. A database or Redis outage ends the batch (it
+    is retried); any other error is this deployment's alone (a bug its spec or state runs
+    into): it is logged, its transaction rolled back, and the batch goes on with the others.
+    The periodic resync passes over it again."""
+    try:
+        return _reconcile_deployment(deployment_id, effects)
+    except (*DATABASE_ERRORS, *REDIS_ERRORS):
+        raise
+    except Exception:
+        log.exception(
+            "the pass over deployment %s failed; the batch goes on, the resync (every %g s) tries it again",
+            deployment_id, settings.RESYNC_INTERVAL_SECONDS,
+        )  # fmt: skip
+        return None
 
 
 def place_waiting_replicas() -> None:

@@ -46,8 +46,9 @@ def _node_info(row) -> NodeInfo:
 def _load(node_ids: list[int] | None) -> dict[int, NodeInfo]:
     """Nodes (all, or these) with what occupies them: every replica placed there,
     Terminating ones included (their containers hold CPU, memory and ports until gone)."""
-    unsorted = Node.objects.order_by()  # the model sorts by name: a sort of every node, of no use here
-    node_rows = unsorted if node_ids is None else unsorted.filter(pk__in=node_ids)
+    # In id order (the model's order, by name, sorts strings: dearer, and of no use here).
+    by_id = Node.objects.order_by("pk")
+    node_rows = by_id if node_ids is None else by_id.filter(pk__in=node_ids)
     nodes = {row[0]: _node_info(row) for row in node_rows.values_list(*_COLUMNS)}
     placed = Replica.objects.filter(node__isnull=False)
     if node_ids is not None:

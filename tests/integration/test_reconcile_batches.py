@@ -17,8 +17,8 @@ def queued(monkeypatch):
     """Batch tasks queued (run by the test itself, not by a worker); a clean pending set."""
     marks = tasks._queued_marks()
     marks.delete(tasks._PENDING, tasks._BACKGROUND, tasks._BATCH_QUEUED)
-    calls: list[int] = []
-    monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: calls.append(1))
+    calls: list[str] = []  # each queued task's token
+    monkeypatch.setattr(tasks.reconcile_pending, "delay", calls.append)
     yield calls
     marks.delete(tasks._PENDING, tasks._BACKGROUND, tasks._BATCH_QUEUED)
 
@@ -57,7 +57,7 @@ def test_requests_fold_into_one_batch_that_sends_each_node_one_frame(ready_nodes
 
 
 @pytest.mark.django_db(transaction=True)
-def test_more_than_a_batch_queues_another_task_at_once(ready_nodes, queued, monkeypatch):
+def test_more_than_a_batch_queues_the_next_batch_as_it_ends(ready_nodes, queued, monkeypatch):
     ready_nodes("h1")
     monkeypatch.setattr(tasks, "BATCH", 2)
     for i in range(3):
@@ -93,6 +93,50 @@ def test_one_batch_runs_at_a_time_and_queues_the_next_as_it_ends(ready_nodes, qu
     assert Replica.objects.filter(node__isnull=False).count() == 2
     assert len(queued) == 2  # nothing waits: nothing queued
     assert not tasks._queued_marks().exists(tasks._BATCH_QUEUED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_mark_a_resync_took_over_queues_no_other(ready_nodes, queued, monkeypatch):
+    """The resync queues a batch even while one runs (its task may have died); the running
+    one then leaves the going on to it: one task, not one more per resync."""
+    ready_nodes("h1")
+    create("first", 1)
+    (first,) = queued
+    real = tasks._reconcile_deployment
+    resynced: list[bool] = []
+
+    def pass_with_a_resync(pk, effects):
+        if not resynced:
+            resynced.append(True)
+            tasks.resync()  # every deployment to the background set, a batch forced out
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", pass_with_a_resync)
+    tasks.reconcile_pending(first)
+    assert len(queued) == 2  # the resync's, and none from the batch that ended
+    tasks.reconcile_pending(queued[1])  # the background passes; then nothing waits
+    assert len(queued) == 2
+    assert not tasks._queued_marks().exists(tasks._BATCH_QUEUED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_that_fails_for_its_own_reasons_does_not_stop_the_batch(
+    ready_nodes, queued, monkeypatch, caplog
+):
+    ready_nodes("h1")
+    broken, fine = create("broken", 1), create("fine", 1)
+    real = tasks._reconcile_deployment
+
+    def pass_(pk, effects):
+        if pk == broken.pk:
+            raise ValueError("a bug this deployment runs into")
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", pass_)
+    tasks.reconcile_pending(queued[0])
+    assert Replica.objects.filter(deployment=fine, node__isnull=False).count() == 1
+    assert f"the pass over deployment {broken.pk} failed" in caplog.text
+    assert not tasks._queued_marks().scard(tasks._PENDING)  # the resync tries it again, not a hot loop
 
 
 @pytest.mark.django_db(transaction=True)
@@ -187,7 +231,7 @@ def test_the_resync_queues_a_batch_even_past_a_mark_left_by_a_killed_worker(read
     tasks.request_reconcile(web.pk)
     assert queued == []  # an ordinary request trusts the mark
     tasks.resync()
-    assert queued == [1]
+    assert len(queued) == 1
     tasks.reconcile_pending()
     assert Replica.objects.filter(deployment=web, node__isnull=False).count() == 1
 
@@ -365,15 +409,15 @@ def test_a_batch_that_could_not_be_queued_leaves_no_mark_behind(ready_nodes, que
     queued.clear()
     tasks._queued_marks().delete(tasks._BATCH_QUEUED)
 
-    def refused():
+    def refused(token):
         raise kombu.exceptions.OperationalError("Error 111 connecting to the broker")
 
     monkeypatch.setattr(tasks.reconcile_pending, "delay", refused)
     tasks.request_reconcile(web.pk)
     assert "could not queue a reconcile" in caplog.text
-    monkeypatch.setattr(tasks.reconcile_pending, "delay", lambda: queued.append(1))
+    monkeypatch.setattr(tasks.reconcile_pending, "delay", queued.append)
     tasks.request_reconcile(web.pk)
-    assert queued == [1]
+    assert len(queued) == 1
 
 
 @pytest.mark.django_db(transaction=True)

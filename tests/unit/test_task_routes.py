@@ -40,3 +40,19 @@ def test_every_task_has_a_process_that_runs_it():
 def test_the_scheduler_is_one_process():
     argv = commands.scheduler(sys.executable)
     assert argv[argv.index("--concurrency") + 1] == "1"
+
+
+def test_docker_compose_runs_a_process_for_every_task_and_one_scheduler():
+    import yaml
+
+    from tests.harness.hosts import REPO
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    celery = {name: s["command"] for name, s in services.items() if s.get("command", [None])[0] == "celery"}
+    workers = {name: argv for name, argv in celery.items() if "worker" in argv}
+    app.loader.import_default_modules()
+    served = set().union(*(consumed(argv) for argv in workers.values()))
+    ours = [name for name in app.tasks if not name.startswith("celery.")]
+    assert {name: queue_of(name) for name in ours if queue_of(name) not in served} == {}
+    (scheduler,) = [argv for argv in workers.values() if "scheduling" in consumed(argv)]
+    assert scheduler[scheduler.index("--concurrency") + 1] == "1"

@@ -240,8 +240,8 @@ class BusyControlPlane(ControlPlane):
     ROUNDS times (a frame every debounce, far more often than the heartbeat interval), then
     goes quiet."""
 
-    heartbeat_interval = 0.5
-    ROUNDS = 30
+    heartbeat_interval = 1.0
+    ROUNDS = 50  # at least 2.5 s (the debounce is 50 ms): two beats or more unless counted
 
     def __init__(self, accepted: str, features: tuple[str, ...]):
         super().__init__(accepted)
