@@ -276,7 +276,7 @@ class Replica(models.Model):
         ]
         # No index holds `phase` (nor any other column agents report), so applying their
         # reports can update rows in place (PostgreSQL's HOT updates, with the room the
-        # table's fillfactor leaves on each page: migration 0009); replicas of a node are
+        # table's fillfactor leaves on each page: migrations 0009, 0010); replicas of a node are
         # found through the node's foreign-key index. Replicas waiting for a node are few:
         # a partial index finds them.
         indexes = [

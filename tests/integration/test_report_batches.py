@@ -213,4 +213,4 @@ def test_what_agents_report_is_in_no_index_and_pages_keep_room_for_new_versions(
     assert any("node_id IS NULL" in d for d in definitions)  # the catalogue is read right
     reported = {*node_reports._OBSERVED, "updated_at"}
     assert [(d, c) for d in definitions for c in reported if re.search(rf"\b{c}\b", d)] == []
-    assert "fillfactor=75" in (options or [])
+    assert "fillfactor=50" in (options or [])
