@@ -131,11 +131,8 @@ def _queue_batch(marks, *, force: bool = False) -> None:
             raise
 
 
-def _release(marks, token: str | None) -> bool:
-    """Delete the mark if it is this batch's (a task without a token, queued by an older
-    version, owns whatever mark there is); True if it was."""
-    if token is None:
-        return bool(marks.delete(_BATCH_QUEUED))
+def _release(marks, token: str) -> bool:
+    """Delete the mark if it is this batch's; True if it was."""
     return bool(marks.eval(_RELEASE, 1, _BATCH_QUEUED, token))
 
 
@@ -146,6 +143,9 @@ def reconcile_pending(token: str | None = None) -> None:
     More waiting than a batch: the next batch task is queued as this one ends. `token`:
     the mark's, set when this task was queued (see _RELEASE)."""
     marks = _queued_marks()
+    if token is None:  # queued by a version before tokens (or called directly): it takes the mark
+        token = uuid.uuid4().hex
+        marks.set(_BATCH_QUEUED, token, ex=BATCH_MARK_SECONDS)
     try:
         _run_batch(marks, token)
     except BaseException:
@@ -160,7 +160,7 @@ def reconcile_pending(token: str | None = None) -> None:
         _queue_batch(marks)
 
 
-def _run_batch(marks, token: str | None) -> None:
+def _run_batch(marks, token: str) -> None:
     ids = set(marks.spop(_PENDING, BATCH) or ()) or set(marks.spop(_BACKGROUND, BACKGROUND_BATCH) or ())
     if not ids:
         return
@@ -181,10 +181,7 @@ def _run_batch(marks, token: str | None) -> None:
                     reconcile_deployment.apply_async((deployment_id,), countdown=recheck_in + 0.1)
                 if time.monotonic() - last_dispatch >= DISPATCH_EVERY_SECONDS:
                     effects.flush()
-                    if token is None:
-                        marks.expire(_BATCH_QUEUED, BATCH_MARK_SECONDS)  # still running
-                    else:
-                        marks.eval(_REFRESH, 1, _BATCH_QUEUED, token, BATCH_MARK_SECONDS)
+                    marks.eval(_REFRESH, 1, _BATCH_QUEUED, token, BATCH_MARK_SECONDS)  # still running
                     last_dispatch = time.monotonic()
         effects.flush()
         if again:
