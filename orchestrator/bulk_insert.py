@@ -8,57 +8,106 @@ the worker's placement time, most of it the same template JSON over and over. He
 varying columns go as arrays, the rest as one value each:
 
     INSERT INTO t (a, b, c) SELECT v.a, %s, %s FROM unnest(%s::text[]) AS v(a) RETURNING id
+
+The statement depends only on the model and the arguments' names, so it is built once
+per process (a field's database type costs more to work out than it seems: a foreign
+key's builds a field each time).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from django.db import connections, router
-from django.db.models import Model
+from django.db.models import Field, Model
 
 
-def insert_alike(objs: list[Model], varying: tuple[str, ...]) -> list[Model]:
+def insert_alike(
+    objs: list[Model], varying: tuple[str, ...], *, skip_conflicts: tuple[str, str] | None = None
+) -> list[Model]:
     """Insert unsaved instances of one model that are equal in every field but `varying`
     (field names); the shared values are taken from the first. Sets each instance's pk and
     marks it saved, as bulk_create does (model signals are not sent: neither does it).
-    Returns `objs`."""
+
+    `skip_conflicts=(constraint, key)`: a row that would break that unique constraint is
+    not inserted (ON CONFLICT ... DO NOTHING); `key` names a varying field unique among
+    `objs`, by which the inserted rows are told apart. Returns the instances inserted:
+    all of `objs` without `skip_conflicts`, else those not skipped (in their order)."""
     if not objs:
         return objs
     model = type(objs[0])
-    meta = model._meta
     db = router.db_for_write(model)
     connection = connections[db]
-    pk = meta.pk
-    fields = [f for f in meta.concrete_fields if f is not pk]
-    unknown = set(varying) - {f.name for f in fields}
-    if unknown:
-        raise ValueError(f"insert_alike: {model.__name__} has no field(s) {sorted(unknown)}")
+    sql, fields, key = _statement(model, tuple(varying), skip_conflicts, connection.alias)
     first = objs[0]
-    columns, selected, shared_params, arrays, array_params = [], [], [], [], []
+    shared_params, array_params = [], []
     for field in fields:
-        columns.append(connection.ops.quote_name(field.column))
         if field.name in varying:
-            values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs]
-            alias = f"v{len(arrays)}"
-            arrays.append(f"%s::{field.db_type(connection)}[]")
-            array_params.append(values)
-            selected.append(alias)
+            array_params.append(
+                [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs]
+            )
         else:
             value = field.pre_save(first, True)  # auto_now and friends: set once, shared
             for obj in objs[1:]:
                 setattr(obj, field.attname, value)
             shared_params.append(field.get_db_prep_save(value, connection))
-            selected.append(f"%s::{field.db_type(connection)}")
-    aliases = ", ".join(f"v{i}" for i in range(len(arrays)))
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS v({aliases}, n) "
-        f"ORDER BY n RETURNING {connection.ops.quote_name(pk.column)}"
-    )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*shared_params, *array_params])
-        ids = [row[0] for row in cursor.fetchall()]
-    for obj, pk_value in zip(objs, ids, strict=True):
+        rows = cursor.fetchall()
+    if key is None:
+        inserted = objs
+        pks = [row[0] for row in rows]
+    else:
+        found = {row[1]: row[0] for row in rows}  # key -> pk
+        inserted = [obj for obj in objs if getattr(obj, key.attname) in found]
+        pks = [found[getattr(obj, key.attname)] for obj in inserted]
+    for obj, pk_value in zip(inserted, pks, strict=True):
         obj.pk = pk_value
         obj._state.adding = False
         obj._state.db = db
-    return objs
+    return inserted
+
+
+@lru_cache(maxsize=64)
+def _statement(
+    model: type[Model], varying: tuple[str, ...], skip_conflicts: tuple[str, str] | None, alias: str
+) -> tuple[str, list[Field], Field | None]:
+    """The INSERT for these arguments, the fields in parameter order, and the key field."""
+    connection = connections[alias]
+    meta = model._meta
+    pk = meta.pk
+    fields = [f for f in meta.concrete_fields if f is not pk]
+    names = {f.name for f in fields}
+    unknown = set(varying) - names
+    if unknown:
+        raise ValueError(f"insert_alike: {model.__name__} has no field(s) {sorted(unknown)}")
+    key = None
+    conflict = ""
+    if skip_conflicts is not None:
+        constraint, key_name = skip_conflicts
+        if key_name not in varying:
+            raise ValueError(f"insert_alike: the key {key_name!r} must be one of the varying fields")
+        if constraint not in {c.name for c in meta.constraints}:
+            raise ValueError(f"insert_alike: {model.__name__} has no constraint {constraint!r}")
+        key = meta.get_field(key_name)
+        conflict = f" ON CONFLICT ON CONSTRAINT {connection.ops.quote_name(constraint)} DO NOTHING"
+    columns, selected, arrays = [], [], []
+    shared = [f for f in fields if f.name not in varying]
+    moving = [f for f in fields if f.name in varying]
+    for field in fields:
+        columns.append(connection.ops.quote_name(field.column))
+        if field in moving:
+            selected.append(f"v{moving.index(field)}")
+        else:
+            selected.append(f"%s::{field.db_type(connection)}")
+    arrays = [f"%s::{field.db_type(connection)}[]" for field in moving]
+    aliases = ", ".join(f"v{i}" for i in range(len(moving)))
+    returning = connection.ops.quote_name(pk.column)
+    if key is not None:
+        returning += f", {connection.ops.quote_name(key.column)}"
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS v({aliases}, n) "
+        f"ORDER BY n{conflict} RETURNING {returning}"
+    )
+    return sql, [*shared, *moving], key

@@ -11,7 +11,8 @@ converged deployment decides nothing and writes nothing.
 """
 
 import logging
-import secrets
+import os
+import random
 import string
 import time
 from collections import Counter
@@ -51,29 +52,41 @@ SLOW_PASS_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
-def _new_names(deployment: Deployment, count: int, taken: set[str]) -> list[str]:
-    """`count` replica names free in the namespace. Names are random, so a clash is rare;
-    only the candidates are looked up (not every name in the namespace)."""
-    names: list[str] = []
-    while len(names) < count:
-        candidates = [_replica_name(deployment, taken) for _ in range(count - len(names))]
-        clash = set(
-            Replica.objects.filter(namespace_id=deployment.namespace_id, name__in=candidates).values_list(
-                "name", flat=True
-            )
-        )
-        names.extend(name for name in candidates if name not in clash)
-    return names
-
-
 def _replica_name(deployment: Deployment, taken: set[str]) -> str:
-    # Like Kubernetes: the deployment's name and a short random suffix, within 63 characters.
+    # Like Kubernetes: the deployment's name and a short random suffix, within 63 characters
+    # (random, not secret: Kubernetes draws them from math/rand too).
     base = deployment.name[:57]
     while True:
-        name = f"{base}-{''.join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))}"
+        name = f"{base}-{''.join(_names_random.choices(_SUFFIX_ALPHABET, k=5))}"
         if name not in taken:
             taken.add(name)
             return name
+
+
+_names_random = random.Random()  # seeded from the system's entropy, again in a forked child
+os.register_at_fork(after_in_child=_names_random.seed)
+
+
+def _insert_new(deployment, revision, template, node_ids: list, now, taken: set[str], message="") -> list:
+    """Create a replica for each of `node_ids` (None: not placed, with `message`), under
+    names free in the namespace. Names are random, so a clash with another deployment's
+    replica is rare: the unique constraint finds it as the rows go in (no query first),
+    and a clashing row is drawn another name and inserted again."""
+    created: list[Replica] = []
+    while node_ids:
+        fresh = [
+            _new_replica(
+                deployment, revision, template, _replica_name(deployment, taken), node_id, now, message
+            )
+            for node_id in node_ids
+        ]
+        inserted = insert_alike(fresh, _NEW_REPLICA_VARYING, skip_conflicts=_NAME_CONFLICT)
+        created += inserted
+        if len(inserted) == len(fresh):
+            break
+        kept = {id(replica) for replica in inserted}
+        node_ids = [replica.node_id for replica in fresh if id(replica) not in kept]
+    return created
 
 
 @dataclass
@@ -399,7 +412,6 @@ def _place(
         # for another pass.
         placed = Counter(r.node_id for r in rows.values() if r.node_id is not None)
         snapshot = take_snapshot(deployment.pk, cached=True, placed=placed)
-        by_id = {node.id: node for node in snapshot}
         result = None
         try:
             result = schedule(spec, wanted, snapshot)
@@ -407,9 +419,9 @@ def _place(
             # schedule() counted its picks into the cached nodes: read them again next
             # time, unless they are adopted as they are once this transaction commits.
             forget_nodes(None if result is None else set(result.node_ids))
+        by_id = result.nodes
         won = claim_nodes(
-            {node_id: by_id[node_id].resource_version for node_id in set(result.node_ids)},
-            holding=bool(committed),
+            {node_id: node.resource_version for node_id, node in by_id.items()}, holding=bool(committed)
         )
         for node_id in won:
             by_id[node_id].resource_version += 1  # as claim_nodes left it
@@ -429,14 +441,7 @@ def _place(
         waiting = waiting[len(assigned) :]
         fresh = node_ids[len(assigned) :]
         if fresh:
-            names = _new_names(deployment, len(fresh), taken)
-            created = insert_alike(
-                [
-                    _new_replica(deployment, revision, template, name, node_id, now)
-                    for name, node_id in zip(names, fresh, strict=True)
-                ],
-                _NEW_REPLICA_VARYING,
-            )
+            created = _insert_new(deployment, revision, template, fresh, now, taken)
             rows.update({r.name: r for r in created})
             create -= len(created)
         if len(result.node_ids) == len(node_ids) and result.unplaced:
@@ -445,13 +450,7 @@ def _place(
         adopt = list(committed.values())
         transaction.on_commit(lambda: adopt_nodes(adopt))
     if create:
-        created = insert_alike(
-            [
-                _new_replica(deployment, revision, template, name, None, now, reason)
-                for name in _new_names(deployment, create, taken)
-            ],
-            _NEW_REPLICA_VARYING,
-        )
+        created = _insert_new(deployment, revision, template, [None] * create, now, taken, reason)
         rows.update({r.name: r for r in created})
     stale = [r for r in waiting if r.message != reason]
     for replica in stale:
@@ -468,6 +467,9 @@ def _place(
 # What differs between the replicas one _place call creates (all else is shared: see
 # orchestrator.bulk_insert).
 _NEW_REPLICA_VARYING = ("uid", "name", "node")
+# A new replica whose name another replica in the namespace holds is not inserted; "name"
+# tells the inserted ones apart.
+_NAME_CONFLICT = ("replica_name_unique_in_namespace", "name")
 
 
 def _new_replica(deployment, revision, template, name, node_id, now, message="") -> Replica:

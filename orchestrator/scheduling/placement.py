@@ -33,6 +33,7 @@ MIN_NODES_TO_SCORE = 100  # kube-scheduler's minFeasibleNodesToFind
 @dataclass
 class Placement:
     node_ids: list[int] = field(default_factory=list)  # one per placed replica, in order
+    nodes: dict[int, NodeInfo] = field(default_factory=dict)  # those nodes, as placing left them
     unplaced: int = 0
     reason: str = ""  # why the unplaced ones could not go anywhere, for people
 
@@ -105,8 +106,8 @@ class _Batch:
             base = self.label_scores[group] = scores.label_score(node, self.spec)
         return base + scores.image_score(node, self.spec) + scores.dynamic_score(node, self.spec)
 
-    def fill(self, candidates: list[NodeInfo], count: int, picks: list[int], *, windowed: bool) -> int:
-        """Place up to `count` replicas on these candidates (appending to `picks`); returns
+    def fill(self, candidates: list[NodeInfo], count: int, placement: Placement, *, windowed: bool) -> int:
+        """Place up to `count` replicas on these candidates (adding to `placement`); returns
         how many were placed. Ties go to the node whose name sorts first, or in a window to
         the node nearest its start (so that windows spread equal deployments apart)."""
         spec, constraints = self.spec, self.constraints
@@ -163,7 +164,8 @@ class _Batch:
                 break
             node = chosen[3]
             node.add(spec)
-            picks.append(node.id)
+            placement.node_ids.append(node.id)
+            placement.nodes[node.id] = node
             placed += 1
             versions[node.id] += 1
             key = self.domain(node)
@@ -201,10 +203,10 @@ def schedule(
     left = count
     if window < len(eligible):
         start = (deployment * 2654435761) % len(eligible)  # deterministic, differs per deployment
-        candidates = (eligible[start:] + eligible[:start])[:window]
-        left -= batch.fill(candidates, left, placement.node_ids, windowed=True)
+        candidates = eligible[start : start + window] + eligible[: max(0, start + window - len(eligible))]
+        left -= batch.fill(candidates, left, placement, windowed=True)
     if left:
-        left -= batch.fill(eligible, left, placement.node_ids, windowed=False)
+        left -= batch.fill(eligible, left, placement, windowed=False)
     if left:
         placement.unplaced = left
         placement.reason = _reason(nodes, batch)

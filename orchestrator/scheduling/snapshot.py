@@ -6,6 +6,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 
+from django.db import connection
 from django.db.models import BigIntegerField as BigInt
 from django.db.models import Case, Count, F, Sum, Value, When
 
@@ -74,6 +75,9 @@ def _load(node_ids: list[int] | None) -> dict[int, NodeInfo]:
     return nodes
 
 
+_VERSIONS = f"SELECT id, resource_version FROM {Node._meta.db_table}"  # noqa: S608
+
+
 class SnapshotCache:
     """The snapshot, kept between passes in one worker process and brought up to date by
     resource_version: every change to what placement reads about a node (its labels,
@@ -96,6 +100,10 @@ class SnapshotCache:
         self._forgotten: set[int] = set()
         self._held = False
         self._scanned = False
+        # Nodes whose deployment_counts may be set (by the last take, or by schedule()
+        # placing onto them before they were adopted): cleared at the next take, rather
+        # than visiting every node of the fleet at each pass.
+        self._counted: set[int] = set()
 
     def take(
         self, deployment_id: int | None = None, placed: Mapping[int, int] | None = None
@@ -107,15 +115,19 @@ class SnapshotCache:
             self._scan()
         self._forgotten.clear()
         self._scanned = True
-        for node in self._nodes.values():
-            if node.deployment_counts:
+        for pk in self._counted:
+            node = self._nodes.get(pk)
+            if node is not None:
                 node.deployment_counts.clear()
-        if deployment_id is not None:
-            _count_placed(self._nodes, deployment_id, placed)
+        self._counted = set() if deployment_id is None else _count_placed(self._nodes, deployment_id, placed)
         return list(self._nodes.values())
 
     def _scan(self) -> None:
-        versions = dict(Node.objects.order_by().values_list("pk", "resource_version"))  # unsorted: cheaper
+        # Unsorted, and as plain rows: thousands of them at every batch's start, where the
+        # ORM's per-row work cost more than the query.
+        with connection.cursor() as cursor:
+            cursor.execute(_VERSIONS)
+            versions = dict(cursor.fetchall())
         for pk in set(self._nodes) - set(versions):
             del self._nodes[pk]
         stale = [pk for pk, version in versions.items() if self._version(pk) != version]
@@ -146,6 +158,7 @@ class SnapshotCache:
             if node.id not in self._nodes and node.id in self._forgotten:
                 self._nodes[node.id] = node
                 self._forgotten.discard(node.id)
+                self._counted.add(node.id)  # schedule() counted its picks into it
 
     def rescan(self) -> None:
         """Scan every node's version at the next take, even within a batch."""
@@ -170,8 +183,11 @@ class _PerThread(threading.local):
 _local = _PerThread()
 
 
-def _count_placed(nodes: dict[int, NodeInfo], deployment_id: int, placed: Mapping[int, int] | None) -> None:
-    """Set how many of the deployment's replicas each node holds (read, unless given)."""
+def _count_placed(
+    nodes: dict[int, NodeInfo], deployment_id: int, placed: Mapping[int, int] | None
+) -> set[int]:
+    """Set how many of the deployment's replicas each node holds (read, unless given);
+    returns the nodes given a count."""
     if placed is None:
         placed = dict(
             Replica.objects.filter(node__isnull=False, deployment_id=deployment_id)
@@ -179,9 +195,12 @@ def _count_placed(nodes: dict[int, NodeInfo], deployment_id: int, placed: Mappin
             .annotate(n=Count("id"))
             .values_list("node_id", "n")
         )
+    counted = set()
     for node_id, n in placed.items():
-        if node_id in nodes:
+        if n and node_id in nodes:
             nodes[node_id].deployment_counts[deployment_id] = n
+            counted.add(node_id)
+    return counted
 
 
 def take_snapshot(

@@ -80,3 +80,41 @@ def test_a_clash_fails_the_whole_insert(deployment):
     with pytest.raises(IntegrityError), transaction.atomic():
         insert_alike([replica(deployment, "bulk-new"), replica(deployment, "bulk-dup")], ("uid", "name"))
     assert sorted(Replica.objects.values_list("name", flat=True)) == ["bulk-dup"]
+
+
+NAME_CONFLICT = ("replica_name_unique_in_namespace", "name")
+
+
+def test_skipping_conflicts_inserts_the_rest_and_returns_only_those(deployment, ready_nodes):
+    node = ready_nodes("bulk-0")[0]
+    insert_alike([replica(deployment, "bulk-b")], ("uid", "name"))
+    objs = [replica(deployment, name, node.pk) for name in ("bulk-a", "bulk-b", "bulk-c")]
+
+    inserted = insert_alike(objs, ("uid", "name", "node"), skip_conflicts=NAME_CONFLICT)
+
+    assert [o.name for o in inserted] == ["bulk-a", "bulk-c"]
+    skipped = objs[1]
+    assert skipped.pk is None and skipped._state.adding  # left as it was: unsaved
+    rows = dict(Replica.objects.values_list("name", "pk"))
+    assert {o.name: o.pk for o in inserted} == {"bulk-a": rows["bulk-a"], "bulk-c": rows["bulk-c"]}
+    assert Replica.objects.get(name="bulk-b").node_id is None  # the row already there is untouched
+
+
+def test_skipping_conflicts_still_fails_on_another_constraint(deployment):
+    first = insert_alike([replica(deployment, "bulk-a")], ("uid", "name"))[0]
+    clash = replica(deployment, "bulk-new", uid=first.uid)  # the uid is unique too
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_alike([clash], ("uid", "name"), skip_conflicts=NAME_CONFLICT)
+    assert sorted(Replica.objects.values_list("name", flat=True)) == ["bulk-a"]
+
+
+def test_skipping_conflicts_names_a_bad_constraint_or_key(deployment):
+    with pytest.raises(ValueError, match="no constraint 'nope'"):
+        insert_alike([replica(deployment, "bulk-x")], ("uid", "name"), skip_conflicts=("nope", "name"))
+    with pytest.raises(ValueError, match="the key 'template' must be one of the varying fields"):
+        insert_alike(
+            [replica(deployment, "bulk-x")],
+            ("uid", "name"),
+            skip_conflicts=("replica_name_unique_in_namespace", "template"),
+        )

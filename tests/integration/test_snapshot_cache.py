@@ -53,3 +53,26 @@ def test_a_node_that_went_away_leaves_the_cache(ready_nodes):
     assert len(cache.take()) == 2
     Node.objects.filter(pk=h2.pk).delete()
     assert [n.name for n in cache.take()] == ["h1"]
+
+
+def test_counts_of_one_pass_do_not_reach_the_next(ready_nodes):
+    """Each take counts only its own deployment's replicas: the counts a previous take set,
+    and those schedule() added to nodes the cache then adopted, are gone."""
+    h1, h2 = ready_nodes("h1", "h2")
+    first, second = deployment("first"), deployment("second")
+    cache = SnapshotCache()
+    with cache.held():
+        nodes = {n.name: n for n in cache.take(first.pk, placed={h1.pk: 2})}
+        assert nodes["h1"].deployment_counts == {first.pk: 2}
+        placed_onto = nodes["h2"]
+        placed_onto.deployment_counts[first.pk] += 1  # as schedule() does when placing
+        cache.forget([h2.pk])
+        cache.adopt([placed_onto])  # the pass committed
+
+        nodes = {n.name: n for n in cache.take(second.pk, placed={h2.pk: 1})}
+        assert nodes["h2"] is placed_onto  # adopted, not read again
+        assert {name: dict(n.deployment_counts) for name, n in nodes.items()} == {
+            "h1": {},
+            "h2": {second.pk: 1},
+        }
+        assert all(not n.deployment_counts for n in cache.take(None))
