@@ -8,7 +8,10 @@ are Ready (some tainted through the API), it creates deployments through REST to
 replicas, a mix of the placement rules in docs/scheduling.md, and measures in PostgreSQL:
 
 - placements_per_s: R / (time from the first POST until every replica has a node_id);
-- all_running_s: time from the first POST until every replica's phase is Running.
+- all_running_s: time from the first POST until every replica's phase is Running;
+- machine_reference_per_s (and _after_per_s): the reference, a fixed pure-Python workload
+  timed just before the POSTs (and after the run), for comparing runs made while the
+  machine was in faster or slower phases.
 
 Progress on stderr; one JSON object on stdout. Stops by itself (bounded waits) and tears
 everything down.
@@ -530,6 +533,32 @@ class StatementStats:
 IDLE_SAMPLE_SECONDS = 5.0
 
 
+def machine_reference(rounds: int = 5, per_round: int = 2000) -> int:
+    """The reference, measured in the same run: how many rounds a second this machine does of
+    a fixed pure-Python workload (a desired frame's entries encoded and decoded, a
+    placement-like scoring over dicts), the best of a few. The same code on this machine
+    has been seen to run a fifth to two fifths slower in some phases than in others, all
+    processes alike: comparing placements_per_s between runs means little without it."""
+    frame = {
+        "type": "desired",
+        "generation": 7,
+        "replicas": [
+            {"name": f"web-{i:05d}", "namespace": "default", "image": "nginx:1.27",
+             "env": {"A": str(i)}, "resources": {"cpu_millis": 250, "memory_bytes": 2**28}}
+            for i in range(8)
+        ],
+    }  # fmt: skip
+    nodes = [{"cpu": 4000 - i, "memory": 2**33 + i, "zone": "abc"[i % 3]} for i in range(50)]
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round):
+            json.loads(json.dumps(frame))
+            max(nodes, key=lambda n: (n["cpu"] * 3 + n["memory"] // 2**20, n["zone"]))
+        best = min(best, time.perf_counter() - started)
+    return round(per_round / best)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -657,6 +686,7 @@ def main() -> None:
             name: round((cpu_seconds(pid) - idle_before[name]) / IDLE_SAMPLE_SECONDS, 3)
             for name, pid in processes.items()
         }
+        result["machine_reference_per_s"] = machine_reference()
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
         if sampler:
@@ -736,6 +766,7 @@ def main() -> None:
             name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()
         }
         result["cpu_window_s"] = round(window, 1)
+        result["machine_reference_after_per_s"] = machine_reference()
         if statements:
             result["pg_statements"] = statements.stop()
         result["hollow_rss_end_mib"] = round(tree_rss(hollow.pid) / 2**20, 1)
