@@ -146,3 +146,50 @@ class CpuMeter:
 
     def result(self) -> dict[str, float]:
         return {name: round(seconds, 2) for name, seconds in self.totals.items()}
+
+
+def _tcp_sockets() -> dict[int, tuple[int, int]]:
+    """Every TCP socket of the machine: inode -> (local port, remote port)."""
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    local, remote, inode = fields[1], fields[2], int(fields[9])
+                    sockets[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return sockets
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return inodes
+
+
+def connections_per_server(port: int, server_pids: list[int], client_pid: int | None = None) -> list[int]:
+    """How many connections to `port` each of these server processes holds (only those from
+    `client_pid`'s sockets, if given), in the order of `server_pids`."""
+    sockets = _tcp_sockets()
+    clients = None
+    if client_pid is not None:
+        mine = [sockets[i] for i in _socket_inodes(client_pid) if i in sockets]
+        clients = {local for local, remote in mine if remote == port}
+    counts = []
+    for pid in server_pids:
+        ends = [sockets[i] for i in _socket_inodes(pid) if i in sockets]
+        accepted = [remote for local, remote in ends if local == port and remote]
+        counts.append(sum(1 for remote in accepted if clients is None or remote in clients))
+    return counts

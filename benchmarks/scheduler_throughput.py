@@ -42,7 +42,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cputime import cpu_seconds, proc_status, tree_pids
+from cputime import connections_per_server, cpu_seconds, proc_status, tree_pids
 
 from agent.hollow import BASE_IMAGE, IMAGE_POOL
 from devtools import commands
@@ -712,6 +712,13 @@ def main() -> None:
 
         with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
             list(pool.map(post, bodies))
+            # Which web process each client's kept-alive connection landed on (the kernel's
+            # choice), and each one's agents: a lopsided spread makes slower runs.
+            workers = tree_pids(plane.procs["web"].pid)[1:] or [plane.procs["web"].pid]
+            api = connections_per_server(plane.port, workers, os.getpid())
+            every = connections_per_server(plane.port, workers)
+            result["api_connections_per_web_process"] = api
+            result["agents_per_web_process"] = [n - c for n, c in zip(every, api, strict=True)]
         result["post_s"] = round(time.monotonic() - started, 2)
         log(f"posted in {result['post_s']} s; waiting for placements")
 
