@@ -179,17 +179,21 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def connections_per_server(port: int, server_pids: list[int], client_pid: int | None = None) -> list[int]:
-    """How many connections to `port` each of these server processes holds (only those from
-    `client_pid`'s sockets, if given), in the order of `server_pids`."""
+def connections_per_server(port: int, candidates: list[int], client_pid: int | None = None) -> dict:
+    """How the connections to `port` spread over the server processes among `candidates`
+    (those holding the listening socket): {"all": [n, ...], "client": [n, ...]}, in the
+    order of those processes, "client" counting only the connections from `client_pid`."""
     sockets = _tcp_sockets()
-    clients = None
+    clients: set[int] = set()
     if client_pid is not None:
         mine = [sockets[i] for i in _socket_inodes(client_pid) if i in sockets]
         clients = {local for local, remote in mine if remote == port}
-    counts = []
-    for pid in server_pids:
+    spread: dict = {"all": [], "client": []}
+    for pid in candidates:
         ends = [sockets[i] for i in _socket_inodes(pid) if i in sockets]
+        if (port, 0) not in ends:
+            continue  # not a server process (uvicorn's supervisor, a resource tracker)
         accepted = [remote for local, remote in ends if local == port and remote]
-        counts.append(sum(1 for remote in accepted if clients is None or remote in clients))
-    return counts
+        spread["all"].append(len(accepted))
+        spread["client"].append(sum(1 for remote in accepted if remote in clients))
+    return spread

@@ -11,7 +11,9 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
 - all_running_s: time from the first POST until every replica's phase is Running;
 - machine_reference_per_s (and _after_per_s): the reference, a fixed pure-Python workload
   timed just before the POSTs (and after the run), for comparing runs made while the
-  machine was in faster or slower phases.
+  machine was in faster or slower phases;
+- api_connections_per_web_process and agents_per_web_process: how the API clients' and
+  the agents' connections spread over the web processes.
 
 Progress on stderr; one JSON object on stdout. Stops by itself (bounded waits) and tears
 everything down.
@@ -712,14 +714,17 @@ def main() -> None:
 
         with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
             list(pool.map(post, bodies))
+            posted = time.monotonic()
             # Which web process each client's kept-alive connection landed on (the kernel's
-            # choice), and each one's agents: a lopsided spread makes slower runs.
-            workers = tree_pids(plane.procs["web"].pid)[1:] or [plane.procs["web"].pid]
-            api = connections_per_server(plane.port, workers, os.getpid())
-            every = connections_per_server(plane.port, workers)
-            result["api_connections_per_web_process"] = api
-            result["agents_per_web_process"] = [n - c for n, c in zip(every, api, strict=True)]
-        result["post_s"] = round(time.monotonic() - started, 2)
+            # choice), and each one's agents: a suspect for slow runs (not borne out so far).
+            web = plane.procs["web"].pid
+            workers = tree_pids(web)[1:] or [web]  # the supervisor holds the socket too, unused
+            spread = connections_per_server(plane.port, workers, os.getpid())
+            result["api_connections_per_web_process"] = spread["client"]
+            result["agents_per_web_process"] = [
+                n - c for n, c in zip(spread["all"], spread["client"], strict=True)
+            ]
+        result["post_s"] = round(posted - started, 2)
         log(f"posted in {result['post_s']} s; waiting for placements")
 
         placed_s = running_s = None

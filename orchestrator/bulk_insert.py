@@ -16,10 +16,11 @@ key's builds a field each time).
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 
 from django.db import connections, router
-from django.db.models import Field, Model
+from django.db.models import Field, Model, UniqueConstraint
 
 
 def insert_alike(
@@ -30,15 +31,26 @@ def insert_alike(
     marks it saved, as bulk_create does (model signals are not sent: neither does it).
 
     `skip_conflicts=(constraint, key)`: a row that would break that unique constraint is
-    not inserted (ON CONFLICT ... DO NOTHING); `key` names a varying field unique among
-    `objs`, by which the inserted rows are told apart. Returns the instances inserted:
-    all of `objs` without `skip_conflicts`, else those not skipped (in their order)."""
+    not inserted (ON CONFLICT ... DO NOTHING); `key` names a varying field (a text or
+    number column, compared as the database returns it) unique among `objs`, by which the
+    inserted rows are told apart. Returns the instances inserted: all of `objs` without
+    `skip_conflicts`, else those not skipped (in their order)."""
     if not objs:
         return objs
     model = type(objs[0])
     db = router.db_for_write(model)
     connection = connections[db]
-    sql, fields, key = _statement(model, tuple(varying), skip_conflicts, connection.alias)
+    conflicts = None if skip_conflicts is None else tuple(skip_conflicts)
+    sql, fields, key = _statement(model, tuple(varying), conflicts, connection.alias)
+    if key is not None:
+        # Two rows of one statement with the same key would collide with each other (the
+        # second silently skipped) and could not be told apart in what comes back.
+        values = [getattr(obj, key.attname) for obj in objs]
+        if len(set(values)) < len(values):
+            repeated = sorted(str(value) for value, n in Counter(values).items() if n > 1)
+            raise ValueError(
+                f"insert_alike: {model.__name__}.{key.name} repeats among the rows: {repeated[:5]}"
+            )
     first = objs[0]
     shared_params, array_params = [], []
     for field in fields:
@@ -87,8 +99,14 @@ def _statement(
         constraint, key_name = skip_conflicts
         if key_name not in varying:
             raise ValueError(f"insert_alike: the key {key_name!r} must be one of the varying fields")
-        if constraint not in {c.name for c in meta.constraints}:
+        found = next((c for c in meta.constraints if c.name == constraint), None)
+        if found is None:
             raise ValueError(f"insert_alike: {model.__name__} has no constraint {constraint!r}")
+        if not _plain_unique(found):
+            raise ValueError(
+                f"insert_alike: {constraint!r} is not a plain unique constraint on columns "
+                "(ON CONFLICT needs one: no condition, expressions, include, opclasses or deferral)"
+            )
         key = meta.get_field(key_name)
         conflict = f" ON CONFLICT ON CONSTRAINT {connection.ops.quote_name(constraint)} DO NOTHING"
     columns, selected, arrays = [], [], []
@@ -111,3 +129,15 @@ def _statement(
         f"ORDER BY n{conflict} RETURNING {returning}"
     )
     return sql, [*shared, *moving], key
+
+
+def _plain_unique(constraint) -> bool:
+    return (
+        isinstance(constraint, UniqueConstraint)
+        and bool(constraint.fields)
+        and constraint.condition is None
+        and not constraint.expressions
+        and not constraint.include
+        and not constraint.opclasses
+        and constraint.deferrable is None
+    )

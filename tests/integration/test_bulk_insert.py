@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from orchestrator import services
 from orchestrator.bulk_insert import insert_alike
-from orchestrator.models import Namespace, Replica
+from orchestrator.models import Deployment, Namespace, Replica
 
 pytestmark = pytest.mark.django_db
 
@@ -112,9 +112,31 @@ def test_skipping_conflicts_still_fails_on_another_constraint(deployment):
 def test_skipping_conflicts_names_a_bad_constraint_or_key(deployment):
     with pytest.raises(ValueError, match="no constraint 'nope'"):
         insert_alike([replica(deployment, "bulk-x")], ("uid", "name"), skip_conflicts=("nope", "name"))
+    conditional = ("deployment_name_unique_in_namespace", "name")  # only among live deployments
+    with pytest.raises(ValueError, match="'deployment_name_unique_in_namespace' is not a plain unique"):
+        insert_alike(
+            [Deployment(namespace=deployment.namespace, name="x")], ("name",), skip_conflicts=conditional
+        )
     with pytest.raises(ValueError, match="the key 'template' must be one of the varying fields"):
         insert_alike(
             [replica(deployment, "bulk-x")],
             ("uid", "name"),
             skip_conflicts=("replica_name_unique_in_namespace", "template"),
         )
+
+
+def test_skipping_conflicts_when_every_row_clashes_inserts_none(deployment):
+    insert_alike([replica(deployment, "bulk-a"), replica(deployment, "bulk-b")], ("uid", "name"))
+    again = [replica(deployment, "bulk-a"), replica(deployment, "bulk-b")]
+
+    assert insert_alike(again, ("uid", "name"), skip_conflicts=NAME_CONFLICT) == []
+    assert all(o.pk is None for o in again)
+    assert Replica.objects.count() == 2
+
+
+def test_skipping_conflicts_refuses_keys_that_repeat_among_the_rows(deployment):
+    twins = [replica(deployment, "bulk-twin"), replica(deployment, "bulk-twin")]
+
+    with pytest.raises(ValueError, match=r"Replica.name repeats among the rows: \['bulk-twin'\]"):
+        insert_alike(twins, ("uid", "name"), skip_conflicts=NAME_CONFLICT)
+    assert not Replica.objects.exists()

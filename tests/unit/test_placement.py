@@ -284,9 +284,12 @@ def copy(nodes):
 def test_placement_properties(nodes, placement_spec, count, window):
     """`window` small: the scored window is smaller than the cluster, as in a big one."""
     before = {n.id: (n.requested_cpu, n.requested_memory) for n in nodes}
-    placement = schedule(placement_spec, count, copy(nodes), min_nodes_to_score=window)
+    given = copy(nodes)
+    placement = schedule(placement_spec, count, given, min_nodes_to_score=window)
     by_id = {n.id: n for n in nodes}
     placed = Counter(placement.node_ids)
+    # The nodes it placed onto are handed back: the very objects it was given (and changed).
+    assert {i: id(n) for i, n in placement.nodes.items()} == {n.id: id(n) for n in given if n.id in placed}
     # Everything is accounted for, with a reason for what is left.
     assert len(placement.node_ids) + placement.unplaced == count
     assert bool(placement.unplaced) == bool(placement.reason)
