@@ -89,8 +89,7 @@ def _statement(
     meta = model._meta
     pk = meta.pk
     fields = [f for f in meta.concrete_fields if f is not pk]
-    names = {f.name for f in fields}
-    unknown = set(varying) - names
+    unknown = set(varying) - {f.name for f in fields}
     if unknown:
         raise ValueError(f"insert_alike: {model.__name__} has no field(s) {sorted(unknown)}")
     key = None
@@ -109,17 +108,13 @@ def _statement(
             )
         key = meta.get_field(key_name)
         conflict = f" ON CONFLICT ON CONSTRAINT {connection.ops.quote_name(constraint)} DO NOTHING"
-    columns, selected, arrays = [], [], []
     shared = [f for f in fields if f.name not in varying]
     moving = [f for f in fields if f.name in varying]
-    for field in fields:
-        columns.append(connection.ops.quote_name(field.column))
-        if field in moving:
-            selected.append(f"v{moving.index(field)}")
-        else:
-            selected.append(f"%s::{field.db_type(connection)}")
+    alias_of = {field.name: f"v{i}" for i, field in enumerate(moving)}
+    columns = [connection.ops.quote_name(field.column) for field in fields]
+    selected = [alias_of.get(field.name) or f"%s::{field.db_type(connection)}" for field in fields]
     arrays = [f"%s::{field.db_type(connection)}[]" for field in moving]
-    aliases = ", ".join(f"v{i}" for i in range(len(moving)))
+    aliases = ", ".join(alias_of.values())
     returning = connection.ops.quote_name(pk.column)
     if key is not None:
         returning += f", {connection.ops.quote_name(key.column)}"

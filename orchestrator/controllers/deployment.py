@@ -82,10 +82,7 @@ def _insert_new(deployment, revision, template, node_ids: list, now, taken: set[
         ]
         inserted = insert_alike(fresh, _NEW_REPLICA_VARYING, skip_conflicts=_NAME_CONFLICT)
         created += inserted
-        if len(inserted) == len(fresh):
-            break
-        kept = {id(replica) for replica in inserted}
-        node_ids = [replica.node_id for replica in fresh if id(replica) not in kept]
+        node_ids = [replica.node_id for replica in fresh if replica.pk is None]  # skipped: clashed
     return created
 
 
@@ -418,7 +415,7 @@ def _place(
         finally:
             # schedule() counted its picks into the cached nodes: read them again next
             # time, unless they are adopted as they are once this transaction commits.
-            forget_nodes(None if result is None else set(result.node_ids))
+            forget_nodes(None if result is None else set(result.nodes))
         by_id = result.nodes
         won = claim_nodes(
             {node_id: node.resource_version for node_id, node in by_id.items()}, holding=bool(committed)
@@ -428,7 +425,7 @@ def _place(
             committed[node_id] = by_id[node_id]
         node_ids = [node_id for node_id in result.node_ids if node_id in won]
         placed_on |= won
-        raced = len(won) < len(set(result.node_ids))
+        raced = len(won) < len(by_id)
         if raced:
             rescan_nodes()  # others are placing too: read every node's version again
         reason = result.reason or reason
