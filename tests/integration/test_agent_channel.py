@@ -378,3 +378,57 @@ def test_a_web_process_knows_the_fleet_size_from_its_start_and_through_a_redis_l
     fleet_of(59)
     beat(node.pk, time.time())
     assert heartbeats.interval() == 6.0  # an ordinary flush: the size as counted (59 and h1)
+
+
+class BreakableLayer:
+    """The real channel layer, whose receive fails once `broken` is set (fault injection)."""
+
+    def __init__(self, layer):
+        self._layer = layer
+        self.broken = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+    async def receive(self, channel):
+        real = asyncio.ensure_future(self._layer.receive(channel))
+        broken = asyncio.ensure_future(self.broken.wait())
+        done, _ = await asyncio.wait({real, broken}, return_when=asyncio.FIRST_COMPLETED)
+        if real in done:
+            broken.cancel()
+            return real.result()
+        real.cancel()
+        raise ConnectionError("injected: the channel layer cannot receive")
+
+
+def test_a_session_whose_channel_layer_fails_ends_and_frames_keep_their_order(monkeypatch):
+    """The consumer's own loop (web/consumers/agent.py): socket frames and channel-layer
+    messages are handled one at a time in order, and a failing channel layer ends the
+    session (its agent reconnects) instead of leaving it deaf to its desired sets."""
+    from channels.layers import get_channel_layer
+
+    import web.consumers.agent as agent_consumer
+
+    node, credential = enroll()
+
+    async def scenario():
+        layer = BreakableLayer(get_channel_layer())
+        monkeypatch.setattr(agent_consumer, "get_channel_layer", lambda alias="default": layer)
+        ws = communicator(credential)
+        connected, _ = await ws.connect()
+        assert connected
+        await ws.send_json_to(HELLO)
+        assert (await ws.receive_json_from())["type"] == "welcome"
+        first = await ws.receive_json_from()
+        assert first["type"] == "desired"
+        for step in range(1, 4):
+            frame = {"type": "desired", "generation": first["generation"] + step, "replicas": []}
+            await layer.group_send(f"node.{node.pk}", {"type": "desired.push", "frame": frame})
+            await ws.send_json_to({"type": "heartbeat"})
+        generations = [(await ws.receive_json_from())["generation"] for _ in range(3)]
+        assert generations == [first["generation"] + step for step in range(1, 4)]
+        layer.broken.set()
+        with pytest.raises(ConnectionError, match="injected"):
+            await ws.receive_output(timeout=5)
+
+    run(scenario)

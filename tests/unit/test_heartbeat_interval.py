@@ -29,3 +29,17 @@ def test_interval_for(fleet, base, grace, rate, expected):
 def test_three_beats_fit_in_the_grace_unless_the_base_is_longer(grace, fleet):
     interval = interval_for(fleet, base=2.0, grace=grace, max_per_second=1000.0)
     assert interval == 2.0 or 3 * interval <= grace
+
+
+def test_the_interval_told_follows_the_fleet_size_and_the_settings(settings, monkeypatch):
+    from nodes import heartbeats
+
+    settings.AGENT_HEARTBEAT_SECONDS = 2.0
+    settings.NODE_GRACE_SECONDS = 10.0
+    settings.AGENT_MAX_HEARTBEATS_PER_SECOND = 1000.0
+    monkeypatch.setattr(heartbeats, "_fleet_size", 3000)
+    assert heartbeats.interval() == 3.0
+    monkeypatch.setattr(heartbeats, "_fleet_size", 5000)  # a flush counted more nodes
+    assert heartbeats.interval() == 3.3
+    settings.AGENT_MAX_HEARTBEATS_PER_SECOND = 2500.0  # the memo is not kept past a change
+    assert heartbeats.interval() == 2.0
