@@ -10,14 +10,16 @@ each saying hello. Then, in rounds:
   (`group_send_many`, as the scheduler's dispatch sends them); timed until every agent
   has received its frame.
 
-It plays the rounds with Berth's consumer loop and, alternately in the same run, with
-channels' stock loop (`AsyncConsumer.__call__`, which waits on both sources with
-asyncio.wait and a new task per message): the reference. The figures are this process's
+It plays the rounds with Berth's consumer and, alternately in the same run, with the same
+consumer on channels' stock path: the reference. That is channels' loop
+(`AsyncConsumer.__call__`, which waits on both sources with asyncio.wait and a new task
+per message) and its generic frame handling (`websocket_receive`, `receive`,
+`decode_json`; `send_json`, `encode_json`). The figures are this process's
 CPU microseconds per message, the test communicator's own cost included in both.
 
 Prints one JSON object; progress on stderr.
 
-    .venv/bin/python benchmarks/agent_consumer.py [--nodes 200] [--messages 50] [--rounds 3]
+    .venv/bin/python benchmarks/agent_consumer.py [--nodes 200] [--messages 100] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ async def pushes_round(agents, node_ids: list[int], generation: int) -> float:
 
 async def play(args, credentials: list[str], node_ids: list[int]) -> dict:
     from channels.consumer import AsyncConsumer
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
     from config.asgi import application
     from nodes import heartbeats
@@ -124,7 +127,14 @@ async def play(args, credentials: list[str], node_ids: list[int]) -> dict:
         await recorded(node_id, timestamp)
 
     heartbeats.record = counting_record
-    berth_loop = AgentConsumer.__call__
+    # What Berth's consumer has of its own, and what channels' stock path has instead.
+    swapped = ("__call__", "websocket_receive", "send_json")
+    berth = {name: AgentConsumer.__dict__[name] for name in swapped}
+    stock = {
+        "__call__": AsyncConsumer.__call__,
+        "websocket_receive": AsyncJsonWebsocketConsumer.websocket_receive,
+        "send_json": AsyncJsonWebsocketConsumer.send_json,
+    }
     figures: dict[str, dict[str, list[float]]] = {
         "berth": {"heartbeat": [], "push": []},
         "channels_stock": {"heartbeat": [], "push": []},
@@ -132,7 +142,8 @@ async def play(args, credentials: list[str], node_ids: list[int]) -> dict:
     generation = 10**6
     for round_ in range(args.rounds):
         for variant in ("berth", "channels_stock"):
-            AgentConsumer.__call__ = berth_loop if variant == "berth" else AsyncConsumer.__call__
+            for name, function in (berth if variant == "berth" else stock).items():
+                setattr(AgentConsumer, name, function)
             agents = await session(application, credentials)
             try:
                 beat_s = await heartbeats_round(agents, args.messages, counter)
@@ -148,7 +159,8 @@ async def play(args, credentials: list[str], node_ids: list[int]) -> dict:
             figures[variant]["push"].append(1e6 * push_s / per_message)
             log(f"round {round_ + 1}, {variant}: {1e6 * beat_s / per_message:.1f} us a heartbeat, "
                 f"{1e6 * push_s / per_message:.1f} us a desired push")  # fmt: skip
-    AgentConsumer.__call__ = berth_loop
+    for name, function in berth.items():
+        setattr(AgentConsumer, name, function)
     heartbeats.record = recorded
     result = {}
     for variant, kinds in figures.items():
@@ -166,8 +178,8 @@ async def play(args, credentials: list[str], node_ids: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=50, help="heartbeats and pushes per agent per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each variant, alternated")
+    parser.add_argument("--messages", type=int, default=100, help="heartbeats and pushes per agent per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each variant, alternated")
     args = parser.parse_args()
 
     from tests.harness.plugin import start_services

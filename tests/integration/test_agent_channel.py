@@ -380,6 +380,30 @@ def test_a_web_process_knows_the_fleet_size_from_its_start_and_through_a_redis_l
     assert heartbeats.interval() == 6.0  # an ordinary flush: the size as counted (59 and h1)
 
 
+def test_a_frame_that_is_not_json_is_ignored_and_the_session_goes_on(caplog):
+    from nodes import heartbeats
+
+    node, credential = enroll()
+
+    def heartbeat_recorded():
+        return node.pk in heartbeats.read_all()
+
+    async def scenario():
+        ws = communicator(credential)
+        await welcomed(ws, [])
+        await until_true(heartbeat_recorded)  # the hello's
+        await database_sync_to_async(heartbeats.forget)(node.pk)
+        await ws.send_to(text_data="{not json")
+        await ws.send_to(bytes_data=b"\x00\x01")
+        await ws.send_json_to({"type": "heartbeat"})
+        await until_true(heartbeat_recorded)  # still served after both
+        await ws.disconnect()
+
+    run(scenario)
+    assert f"node {node.name} sent a frame that is not JSON; ignored" in caplog.text
+    assert f"node {node.name} sent a binary frame; ignored" in caplog.text
+
+
 class BreakableLayer:
     """The real channel layer, whose receive fails once `broken` is set (fault injection)."""
 
