@@ -31,6 +31,7 @@ from agent.enroll import (
     EnrollmentRefused,
     obtain_credential,
 )
+from agent.keepalive import QuietKeepaliveConnection
 from agent.metrics import MetricsSampler
 from agent.protocol import (
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -60,6 +61,9 @@ FULL_SET_REQUEST_EVERY = 2.0  # seconds between two requests for the full desire
 PARTIAL_STATUS = "status.partial"  # the welcome feature of control planes that take partial status
 STATUS_BEATS = "status.heartbeat"  # ... and of those that count a status frame as a heartbeat
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a desired set for a busy node can be large
+# Longer than the control plane's own ping interval (uvicorn's 20 s), so that a control
+# plane that pings is never pinged back; a silent one is dropped after 45 s at most.
+PING_WHEN_QUIET, PING_TIMEOUT = 25.0, 20.0
 
 
 class Outcome(enum.Enum):
@@ -146,8 +150,11 @@ class Session:
                 additional_headers={"Authorization": f"Bearer {credential.credential}"},
                 user_agent_header=f"berth-agent/{__version__}",
                 open_timeout=10,
-                ping_interval=20,
-                ping_timeout=20,
+                # A ping after this long without a byte from the control plane (which pings
+                # every 20 s itself), a pong within PING_TIMEOUT (agent/keepalive.py).
+                ping_interval=PING_WHEN_QUIET,
+                ping_timeout=PING_TIMEOUT,
+                create_connection=QuietKeepaliveConnection,
                 close_timeout=5,
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
