@@ -8,7 +8,7 @@ their frames at rest. Here the agent pings only when it has received nothing at 
 within `ping_timeout` ends the connection, as websockets' own keepalive does. A control
 plane that pings (every 20 s) is never pinged; one that does not, or has gone silent (a
 partition, a hung process), is pinged, and dropped after `ping_interval + ping_timeout`
-at most.
+and the close timeout at most.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ PARTIAL_STATUS = "status.partial"  # the welcome feature of control planes that 
 STATUS_BEATS = "status.heartbeat"  # ... and of those that count a status frame as a heartbeat
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a desired set for a busy node can be large
 # Longer than the control plane's own ping interval (uvicorn's 20 s), so that a control
-# plane that pings is never pinged back; a silent one is dropped after 45 s at most.
+# plane that pings is never pinged back; a silent one is dropped after 50 s at most (the
+# ping, the pong's timeout, then close_timeout for a close that is never answered).
 PING_WHEN_QUIET, PING_TIMEOUT = 25.0, 20.0
 
 

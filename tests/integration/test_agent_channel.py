@@ -394,6 +394,7 @@ def test_a_frame_that_is_not_json_is_ignored_and_the_session_goes_on(caplog):
         await until_true(heartbeat_recorded)  # the hello's
         await database_sync_to_async(heartbeats.forget)(node.pk)
         await ws.send_to(text_data="{not json")
+        await ws.send_to(text_data="[" * 100_000)  # too deep for the parser
         await ws.send_to(bytes_data=b"\x00\x01")
         await ws.send_json_to({"type": "heartbeat"})
         await until_true(heartbeat_recorded)  # still served after both
@@ -417,11 +418,14 @@ class BreakableLayer:
     async def receive(self, channel):
         real = asyncio.ensure_future(self._layer.receive(channel))
         broken = asyncio.ensure_future(self.broken.wait())
-        done, _ = await asyncio.wait({real, broken}, return_when=asyncio.FIRST_COMPLETED)
-        if real in done:
+        try:
+            done, _ = await asyncio.wait({real, broken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this receive is cancelled: nothing left waiting behind it
             broken.cancel()
+            if not real.done():
+                real.cancel()
+        if real in done:
             return real.result()
-        real.cancel()
         raise ConnectionError("injected: the channel layer cannot receive")
 
 

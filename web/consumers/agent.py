@@ -75,9 +75,11 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         message of either source (the socket, the channel layer) with asyncio.wait and a
         new task per message, which made a heartbeat cost 8 times what handling it did
         (benchmarks/agent_consumer.py). Here one pump per source hands messages to one
-        loop; they are still handled one at a time, in the order they came. Each pump holds
-        at most one message it took, as channels' tasks do, so the channel layer's capacity
-        still bounds what waits for a slow consumer."""
+        loop; they are still handled one at a time, each source's in the order it sent
+        them (channels promises no order between the two either). At most three messages
+        wait outside their sources (one in the loop's queue, one held by each pump;
+        channels' tasks hold two), so the channel layer's capacity still bounds what waits
+        for a slow consumer."""
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is None:
             await super().__call__(scope, receive, send)
@@ -92,8 +94,10 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             try:
                 while True:
                     await inbox.put(await source())
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if asyncio.current_task().cancelling():
+                    raise  # the consumer is ending
+                await inbox.put(_Failed(exc))  # the source's own: the loop must not wait on
             except BaseException as exc:  # the loop raises it, as channels' would
                 await inbox.put(_Failed(exc))
 
@@ -103,7 +107,9 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             while True:
                 message = await inbox.get()
                 if type(message) is _Failed:
-                    raise message.error
+                    # The channel layer hands one exception to all its receivers: each
+                    # raise would add its frames to the one traceback they share.
+                    raise message.error.with_traceback(None)
                 await self.dispatch(message)
         except StopConsumer:
             pass
@@ -175,7 +181,7 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             log.warning("node %s sent a frame that is not JSON; ignored", self.node_name)
             return
         await self.receive_json(content)
@@ -183,7 +189,7 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     async def send_json(self, content, close=False):
         await self.base_send({"type": "websocket.send", "text": json.dumps(content)})
         if close:
-            await self.close()
+            await self.close(close)  # as channels': True, or a close code
 
     async def receive_json(self, content, **kwargs):
         kind = content.get("type") if isinstance(content, dict) else None
