@@ -241,24 +241,43 @@ class Host:
     # --- containers ----------------------------------------------------------------------------
 
     def berth_containers(self, all: bool = True) -> list:
-        """Containers labelled berth.managed=true (stopped ones too unless all=False)."""
-        return self.docker.containers.list(all=all, filters={"label": "berth.managed=true"})
-
-    def remove_berth_containers(self) -> None:
-        self._remove(self.berth_containers())
-
-    def remove_all_containers(self) -> None:
-        self._remove(self.docker.containers.list(all=True))
-
-    @staticmethod
-    def _remove(containers: list) -> None:
+        """Containers labelled berth.managed=true (stopped ones too unless all=False).
+        The SDK's `containers.list` inspects each container it lists and fails on one
+        removed in between (an agent's removal finishing): those are skipped here."""
         import docker.errors
 
-        for container in containers:
+        found = []
+        for row in self.docker.api.containers(all=all, filters={"label": "berth.managed=true"}):
             try:
-                container.remove(force=True)
+                found.append(self.docker.containers.get(row["Id"]))
             except docker.errors.NotFound:
                 pass
+        return found
+
+    def remove_berth_containers(self) -> None:
+        self._remove({"label": "berth.managed=true"})
+
+    def remove_all_containers(self) -> None:
+        self._remove({})
+
+    def _remove(self, filters: dict) -> None:
+        """Remove these containers, and wait until they are gone: one whose removal an agent
+        started (killed since) is answered 409 and goes by itself."""
+        import docker.errors
+
+        ids = {row["Id"] for row in self.docker.api.containers(all=True, filters=filters)}
+        for container_id in ids:
+            try:
+                self.docker.api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: its removal is already in progress
+                    raise
+        wait_until(
+            lambda: not ids & {row["Id"] for row in self.docker.api.containers(all=True, filters=filters)},
+            30, f"{len(ids)} container(s) on {self.name} removed",
+        )  # fmt: skip
 
     # --- between tests -------------------------------------------------------------------------
 
