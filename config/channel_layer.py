@@ -70,8 +70,10 @@ return dropped
 """
 
 
-class _Failed:
-    """Handed to each receiver when the pump gave up (Redis kept failing)."""
+class ReceiveFailed:
+    """Stands in a receiver's queue for the error it is to raise: handed to each receiver
+    when the pump gave up (Redis kept failing); the agents' consumer uses it likewise
+    between its pumps and its loop (web/consumers/agent.py)."""
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -137,7 +139,7 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
                         del inbox.queues[channel]  # made again by the next receive or message
                     else:  # more waiting: its consumer takes them next, unless it is gone
                         inbox.unclaimed[channel] = _now()
-        if isinstance(item, _Failed):
+        if isinstance(item, ReceiveFailed):
             raise item.error
         return item
 
@@ -198,7 +200,7 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
     def _fail(inbox: _Inbox, error: BaseException) -> None:
         for name, count in inbox.receivers.items():
             for _ in range(count):
-                inbox.queues[name].put_nowait(_Failed(error))
+                inbox.queues[name].put_nowait(ReceiveFailed(error))
 
     def _drop_unclaimed(self, inbox: _Inbox, now: float) -> None:
         while inbox.unclaimed:

@@ -18,6 +18,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.db import InterfaceError, OperationalError
 
+from config.channel_layer import ReceiveFailed
 from nodes import heartbeats
 from nodes.services import authenticate_node
 from nodes.sessions import session_closed, session_hello
@@ -47,15 +48,6 @@ def in_pool(fn):
     queue behind each other; these calls are independent per node (each is its own
     transaction), so they can run side by side."""
     return database_sync_to_async(fn, thread_sensitive=False)
-
-
-class _Failed:
-    """A pump's source raised: the consumer's loop raises it in turn."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 def _bearer(scope) -> str:
@@ -94,19 +86,17 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
             try:
                 while True:
                     await inbox.put(await source())
-            except asyncio.CancelledError as exc:
-                if asyncio.current_task().cancelling():
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():
                     raise  # the consumer is ending
-                await inbox.put(_Failed(exc))  # the source's own: the loop must not wait on
-            except BaseException as exc:  # the loop raises it, as channels' would
-                await inbox.put(_Failed(exc))
+                await inbox.put(ReceiveFailed(exc))  # the loop raises it, as channels' would
 
         loop = asyncio.get_running_loop()
         pumps = [loop.create_task(pump(receive)), loop.create_task(pump(self.channel_receive))]
         try:
             while True:
                 message = await inbox.get()
-                if type(message) is _Failed:
+                if type(message) is ReceiveFailed:
                     # The channel layer hands one exception to all its receivers: each
                     # raise would add its frames to the one traceback they share.
                     raise message.error.with_traceback(None)
