@@ -5,7 +5,9 @@ Writes: each accepted `desired` set into the reconciler. One connection at a tim
 welcome, then heartbeats and status frames out, desired frames in. Any failure ends the
 connection and a new one is attempted after an exponential back-off with full jitter
 (0.5 s doubling to 30 s), reset after a healthy session. A refused credential (HTTP 403 at
-the handshake) triggers a new enrollment when a join token is configured.
+the handshake) triggers a new enrollment when a join token is configured. A busy control
+plane (HTTP 503 or 429 at the handshake: too many agents joining at once) is tried again
+after its Retry-After, jittered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import enum
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -72,6 +75,26 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     REFUSED = "refused"  # the credential was refused at the handshake
     WELCOMED = "welcomed"  # welcomed, but ended before it counted as healthy
+    BUSY = "busy"  # the control plane said to come back later (HTTP 503 or 429), or did not answer
+
+
+OPEN_TIMEOUT = 10.0  # seconds for the TCP connection and the WebSocket handshake
+BUSY_STATUSES = (429, 503)
+BUSY_DEFAULT_WAIT = 5.0  # when a busy answer names no Retry-After
+BUSY_MAX_WAIT = 60.0
+
+
+def busy_wait(retry_after: str | None, rng: Callable[[], float] = random.random) -> float:
+    """How long to wait after a busy answer: its Retry-After (seconds; an HTTP date or
+    nonsense counts as absent), capped, times a uniform draw in [0.5, 1.5), so that a fleet
+    refused together does not come back together."""
+    try:
+        seconds = float(retry_after)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seconds = BUSY_DEFAULT_WAIT
+    if not seconds >= 0:  # negative, or NaN
+        seconds = BUSY_DEFAULT_WAIT
+    return min(seconds, BUSY_MAX_WAIT) * (0.5 + rng())
 
 
 class Session:
@@ -100,6 +123,7 @@ class Session:
         self._status_beats = False  # this connection's control plane counts status frames as beats
         self._status_sent_at = float("-inf")  # when the last status frame went (monotonic)
         self._entries: EntryCache = {}  # status frame entries, rebuilt only for changed replicas
+        self._retry_after: str | None = None  # of the last busy answer
 
     async def run_forever(self) -> None:
         """Connect, serve, reconnect; returns only when cancelled."""
@@ -112,7 +136,12 @@ class Session:
                 self._delay.hurry()  # the server is there: a restart, not an outage
             elif outcome is Outcome.REFUSED and not await self._after_refusal():
                 continue  # _after_refusal already waited
-            wait = self._delay.next()
+            if outcome is Outcome.BUSY:
+                # The server is there and asked for a moment: its wait, not the back-off's.
+                self._delay.hurry()
+                wait = busy_wait(self._retry_after)
+            else:
+                wait = self._delay.next()
             log.info("reconnecting in %.1f s", wait)
             await asyncio.sleep(wait)
 
@@ -150,7 +179,7 @@ class Session:
                 url,
                 additional_headers={"Authorization": f"Bearer {credential.credential}"},
                 user_agent_header=f"berth-agent/{__version__}",
-                open_timeout=10,
+                open_timeout=OPEN_TIMEOUT,
                 # A ping after this long without a byte from the control plane (which pings
                 # every 20 s itself), a pong within PING_TIMEOUT (agent/keepalive.py).
                 ping_interval=PING_WHEN_QUIET,
@@ -166,8 +195,19 @@ class Session:
             if code in (401, 403):
                 log.warning("%s refused the node credential (HTTP %d)", url, code)
                 return Outcome.REFUSED
+            if code in BUSY_STATUSES:
+                self._retry_after = exc.response.headers.get("Retry-After")
+                log.info("%s is busy (HTTP %d, Retry-After %s)", url, code, self._retry_after)
+                return Outcome.BUSY
             log.warning("%s refused the connection: HTTP %d", url, code)
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+        except TimeoutError:
+            # No answer within the open timeout: an overloaded control plane (its backlog of
+            # handshakes) or an unreachable one. Knocking again within a second would only
+            # add to that backlog: wait as for a busy answer without a Retry-After.
+            log.warning("cannot connect to %s: timed out; trying again in a few seconds", url)
+            self._retry_after = None
+            return Outcome.BUSY
+        except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
             log.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
         return Outcome.FAILED
 

@@ -231,6 +231,10 @@ NODE_MONITOR_INTERVAL_SECONDS = _env_float(
     "BERTH_NODE_MONITOR_INTERVAL_SECONDS", min(max(NODE_GRACE_SECONDS / 10, 1.0), 5.0), minimum=0.2
 )
 RESYNC_INTERVAL_SECONDS = _env_float("BERTH_RESYNC_INTERVAL_SECONDS", 30.0, minimum=1.0)
+# Agents joining one web process at a time (handshake to full desired set sent); the
+# others are told to come back shortly (HTTP 503), their knock counting as a heartbeat
+# (web/consumers/admission.py). Enough to keep its database threads busy.
+AGENT_JOINS_IN_FLIGHT = int(_env_float("BERTH_AGENT_JOINS_IN_FLIGHT", 32, minimum=1))
 JOIN_TOKEN_TTL_SECONDS = _env_float("BERTH_JOIN_TOKEN_TTL_SECONDS", 24 * 3600.0, minimum=60.0)
 
 # --- Auth ------------------------------------------------------------------------------------

@@ -107,14 +107,48 @@ def data_epoch() -> int:
 LAG_CHECK_SECONDS = 0.5
 LAG_WARNING_SECONDS = 2.0
 
+# Who hears the agents. Every web process sets RECEIVING_KEY at each lag check, to expire
+# RECEIVING_TTL_MS later (Redis's own clock: no skew between machines), and
+# RECEIVERS_SEEN_KEY for good. Both there: heartbeats are being heard. Only the second: no
+# web process has kept time for RECEIVING_TTL_MS (the web server restarts, or its event
+# loop stalls), so a missing beat says nothing about the node, and the node monitor holds
+# its judgement (receivers_silent). Neither (Redis lost its data, or no web process ever
+# ran): the monitor judges as always. A process shutting down goes on saying it hears
+# until it ends (an agent can close with 1012 too, so the close code cannot tell it).
+RECEIVING_KEY = "berth:heartbeats:receiving"
+RECEIVERS_SEEN_KEY = "berth:heartbeats:receivers-seen"
+RECEIVING_TTL_MS = 3000
+
 
 async def watch_lag() -> None:
-    """Log whenever this event loop runs LAG_WARNING_SECONDS late, until cancelled (a web
-    process starts it once, at startup: web/lifespan.py)."""
+    """Log whenever this event loop runs LAG_WARNING_SECONDS late, and say at every check
+    that this process hears heartbeats (RECEIVING_KEY), until cancelled (a web process
+    starts it once, at startup: web/lifespan.py)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        await _watch_lag(loop, client)
+    finally:
+        await client.aclose()
+
+
+async def _watch_lag(loop, client) -> None:
+    import asyncio
+
+    failed = False
     while True:
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(RECEIVING_KEY, "1", px=RECEIVING_TTL_MS)
+                pipe.set(RECEIVERS_SEEN_KEY, "1")  # again after a Redis that lost its data
+                await pipe.execute()
+            failed = False
+        except redis.RedisError as exc:  # Redis restarting: the monitor cannot run either
+            if not failed:
+                log.warning("could not say that this process hears heartbeats: %s", exc)
+            failed = True
         started = loop.time()
         await asyncio.sleep(LAG_CHECK_SECONDS)
         late = loop.time() - started - LAG_CHECK_SECONDS
@@ -189,17 +223,42 @@ def tracking_since(now: float) -> tuple[float, bool]:
     return (float(value), False) if value else (now, False)
 
 
+def rejoin_allowance() -> float:
+    """Seconds added to the grace of every node when web processes hear heartbeats again
+    (one starts, or the monitor found none hearing): the whole fleet knocks at once then,
+    and an agent whose knock waited out its 10 s handshake timeout in the listen backlog
+    waits a few seconds more before the next (agent/session.py). One more grace."""
+    return settings.NODE_GRACE_SECONDS
+
+
 async def restart_tracking(now: float) -> None:
-    """A web process started: heartbeats count from `now` (see tracking_since). It also
-    learns the fleet's size, so that the agents reconnecting to it are welcomed with the
-    interval the fleet calls for, not the base."""
+    """A web process started: heartbeats count from `now` plus the rejoin allowance (see
+    tracking_since). It also learns the fleet's size, so that the agents reconnecting to it
+    are welcomed with the interval the fleet calls for, not the base."""
     global _fleet_size
     client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
-        await client.set(EPOCH_KEY, repr(now))
+        await client.set(EPOCH_KEY, repr(now + rejoin_allowance()))
         _fleet_size = await client.hlen(KEY)
     finally:
         await client.aclose()
+
+
+def receivers_silent(now: float) -> bool:
+    """True when web processes have run but none says it hears heartbeats now (see
+    RECEIVING_KEY): the node monitor must not call nodes silent meanwhile. Heartbeats then
+    count from `now` plus the rejoin allowance (the mark tracking_since reads), so that when
+    a web process hears them again every node has that and a whole grace for its agent's
+    next beat to arrive."""
+    client = _client()
+    with client.pipeline(transaction=False) as pipe:
+        pipe.exists(RECEIVERS_SEEN_KEY)
+        pipe.exists(RECEIVING_KEY)
+        seen, receiving = pipe.execute()
+    if not seen or receiving:
+        return False
+    client.set(EPOCH_KEY, repr(now + rejoin_allowance()))
+    return True
 
 
 def read_all() -> dict[int, float]:

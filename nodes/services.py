@@ -79,6 +79,12 @@ def authenticate_node(credential: str) -> Node | None:
     return Node.objects.filter(credential_hash=hash_token(credential)).first()
 
 
+def node_ids_by_credential() -> dict[str, int]:
+    """Every node's id by the hash of its credential (web/consumers/admission.py)."""
+    nodes = Node.objects.filter(credential_hash__isnull=False).exclude(credential_hash="").order_by()
+    return dict(nodes.values_list("credential_hash", "pk"))
+
+
 class NodeNotRemovable(Exception):
     """The node is Ready: removing it would strand replicas its agent still runs."""
 

@@ -28,6 +28,11 @@ async def lifespan(scope, receive, send):
                 await heartbeats.restart_tracking(time.time())
             except Exception as exc:  # Redis is down: nothing to protect (the monitor cannot run)
                 log.warning("could not restart the heartbeat clock: %s", exc)
+            # Agents knocking before their turn to join are recognised (their knock is their
+            # heartbeat) from the first one on: web/consumers/admission.py.
+            from web.consumers.agent import read_credentials
+
+            await read_credentials()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if lag_watcher is not None:

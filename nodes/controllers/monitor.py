@@ -41,6 +41,10 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
     nodes are never held up by it.
     """
     now = now or timezone.now()
+    if heartbeats.receivers_silent(now.timestamp()):
+        _say_receivers_silent(True)
+        return []
+    _say_receivers_silent(False)
     grace = timedelta(seconds=settings.NODE_GRACE_SECONDS)
     beats = heartbeats.read_all()  # node id -> Unix time
     since, fresh = heartbeats.tracking_since(now.timestamp())
@@ -117,6 +121,22 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
                 lost.append(node.name)
         _recover(beats, now, grace)
     return lost
+
+
+_silent_receivers = False  # as of this process's last pass: for logging the change only
+
+
+def _say_receivers_silent(silent: bool) -> None:
+    global _silent_receivers
+    if silent and not _silent_receivers:
+        log.warning(
+            "no web process hears the agents' heartbeats (the web server is restarting, or its "
+            "event loop stalls): no node is called silent until one does, and then every node "
+            "gets a whole grace"
+        )
+    elif _silent_receivers and not silent:
+        log.info("web processes hear heartbeats again: nodes are judged from now, a grace on")
+    _silent_receivers = silent
 
 
 def _after_redis_loss() -> None:

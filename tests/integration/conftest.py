@@ -40,3 +40,13 @@ def default_namespace(db):
     from orchestrator.models import Namespace
 
     return Namespace.objects.get_or_create(name=Namespace.DEFAULT)[0]
+
+
+@pytest.fixture(autouse=True)
+def no_heartbeat_receivers():
+    """No web process runs in these tests: a test that played one (watch_lag) must not make
+    the node monitor of the next hold its judgement (nodes/heartbeats.py receivers_silent)."""
+    yield
+    from nodes import heartbeats
+
+    heartbeats._client().delete(heartbeats.RECEIVING_KEY, heartbeats.RECEIVERS_SEEN_KEY)

@@ -220,8 +220,9 @@ def test_a_web_process_starting_gives_every_node_a_fresh_grace():
     now = timezone.now()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=now - grace * 2)
     run(heartbeats.restart_tracking, now.timestamp())  # what web.lifespan does at startup
-    assert monitor_nodes(now=now + grace / 2) == []
-    assert monitor_nodes(now=now + grace + timedelta(seconds=1)) == ["h1"]
+    # Two graces: one for the whole fleet to knock again, one as always.
+    assert monitor_nodes(now=now + grace * 2 - timedelta(seconds=1)) == []
+    assert monitor_nodes(now=now + grace * 2 + timedelta(seconds=1)) == ["h1"]
 
 
 def test_the_agent_consumer_rejoins_its_group_after_redis_forgot_it():

@@ -30,7 +30,9 @@ def test_right_after_a_healthy_session_delays_stay_short_then_back_off():
         short.append(delay.next())
         now[0] += short[-1]
     assert short == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
-    now[0] += 10
+    now[0] += 30  # a web server that takes half a minute to come back
+    assert delay.next() == 1.0
+    now[0] += 30
     assert delay.next() == 30.0  # past the window: the ceiling the attempts have reached
 
 

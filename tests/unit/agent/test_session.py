@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 
 import pytest
@@ -318,3 +319,98 @@ def test_the_agent_offers_no_per_message_compression(tmp_path):
     plane = ControlPlane(accepted="berth_node_old")
     asyncio.run(run_session(tmp_path, plane, join_token=None, until=plane.got_status.wait))
     assert plane.extensions == [None]
+
+
+class FullControlPlane(ControlPlane):
+    """Answers the first BUSY handshakes with `status` and a Retry-After, then lets the agent in."""
+
+    BUSY = 2
+
+    def __init__(self, accepted: str, status: int, retry_after: str | None):
+        super().__init__(accepted)
+        self.status, self.retry_after = status, retry_after
+        self.knocks: list[float] = []
+        self.credentials: list[str | None] = []
+
+    def process_request(self, connection, request):
+        self.knocks.append(asyncio.get_running_loop().time())
+        self.credentials.append(request.headers.get("Authorization"))
+        if len(self.knocks) <= self.BUSY:
+            response = connection.respond(self.status, "too many agents are joining\n")
+            if self.retry_after is not None:
+                response.headers["Retry-After"] = self.retry_after
+            return response
+        return super().process_request(connection, request)
+
+
+@pytest.mark.parametrize(("status", "retry_after", "floor"), [(503, "0.4", 0.2), (429, None, 0.5)])
+def test_a_busy_control_plane_is_tried_again_after_its_retry_after(
+    tmp_path, monkeypatch, status, retry_after, floor
+):
+    """The wait is the server's Retry-After (or the default) jittered, not the back-off's
+    (0.01 to 0.05 s here), and the credential is kept (no enrollment)."""
+    monkeypatch.setattr(session_module, "BUSY_DEFAULT_WAIT", 1.0)
+    plane = FullControlPlane("berth_node_old", status, retry_after)
+    asyncio.run(run_session(tmp_path, plane, join_token="berth_join_x", until=plane.got_status.wait))
+    assert len(plane.knocks) == FullControlPlane.BUSY + 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(plane.knocks)]
+    assert all(gap >= floor for gap in gaps), gaps  # half the Retry-After at least
+    assert plane.credentials == ["Bearer berth_node_old"] * 3
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("3", 3.0), ("0", 0.0), (None, 5.0), ("Wed, 21 Oct 2026 07:28:00 GMT", 5.0), ("-2", 5.0),
+     ("nan", 5.0), ("3600", 60.0), ("inf", 60.0)],
+)  # fmt: skip
+def test_busy_wait_is_the_retry_after_jittered_and_bounded(header, seconds):
+    assert session_module.busy_wait(header, rng=lambda: 0.0) == pytest.approx(seconds * 0.5)
+    assert session_module.busy_wait(header, rng=lambda: 0.999) == pytest.approx(seconds * 1.499)
+
+
+def test_a_control_plane_that_does_not_answer_the_handshake_is_not_knocked_at_again_at_once(
+    tmp_path, monkeypatch
+):
+    """Connected, but no HTTP answer within the open timeout (an overloaded control plane's
+    backlog): the agent waits as for a busy answer, not the back-off's short draw."""
+    monkeypatch.setattr(session_module, "OPEN_TIMEOUT", 0.2)
+    monkeypatch.setattr(session_module, "BUSY_DEFAULT_WAIT", 0.6)  # waits 0.3 to 0.9 s
+    knocks: list[float] = []
+    enough = asyncio.Event()
+
+    async def scenario():
+        async def mute(reader, writer):
+            knocks.append(asyncio.get_running_loop().time())
+            if len(knocks) == 3:
+                enough.set()
+            await reader.read()  # never answers; ends when the agent gives up
+            writer.close()
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = load_config(
+            ["--server", f"http://127.0.0.1:{port}", "--name", "h1", "--state-dir", str(tmp_path)], environ={}
+        )
+        save_credential(tmp_path, Credential(config.server, "h1", "berth_node_old"))
+        reporter = StatusReporter()
+        session = Session(
+            config,
+            Enroller(config),
+            StubReconciler(reporter),
+            reporter,
+            StubRuntime(),
+            EngineInfo("?", 0, 0),
+            delay=ReconnectDelay(base=0.01, cap=0.05),
+        )
+        task = asyncio.create_task(session.run_forever())
+        try:
+            await asyncio.wait_for(enough.wait(), timeout=10)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            server.close()
+
+    asyncio.run(scenario())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(knocks)]
+    assert all(gap >= 0.2 + 0.3 for gap in gaps), gaps  # the timeout, then half the default wait

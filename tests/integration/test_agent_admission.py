@@ -1,0 +1,238 @@
+"""A web process admits a bounded number of joining agents and tells the others to come
+back (web/consumers/admission.py), and the node monitor holds its judgement while no web
+process hears heartbeats (nodes/heartbeats.py receivers_silent): what keeps a fleet Ready
+through a web server restart (benchmarks/reconnect_storm.py)."""
+
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.utils import timezone
+
+from nodes import heartbeats
+from nodes.controllers.monitor import monitor_nodes
+from nodes.models import Node
+from tests.integration.test_agent_channel import HELLO, communicator, enroll, run, until_true
+from web.consumers import agent as agent_consumer
+from web.consumers.admission import CredentialIndex, retry_after
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def one_join_at_a_time(settings, monkeypatch):
+    settings.AGENT_JOINS_IN_FLIGHT = 1
+    monkeypatch.setattr(agent_consumer, "_gates", {})
+    monkeypatch.setattr(agent_consumer, "_credentials", CredentialIndex())
+
+
+async def knock(credential, *, denial=True):
+    """A handshake; the first message the application answers it with."""
+    ws = communicator(credential)
+    if denial:
+        ws.scope["extensions"] = {"websocket.http.response": {}}
+    await ws.send_input({"type": "websocket.connect"})
+    answer = await ws.receive_output(timeout=5)
+    return ws, answer
+
+
+def busy(answer) -> int:
+    assert answer["type"] == "websocket.http.response.start", answer
+    assert answer["status"] == 503
+    headers = dict(answer["headers"])
+    assert b"text/plain" in headers[b"content-type"]
+    return int(headers[b"retry-after"])
+
+
+def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is_a_heartbeat():
+    node1, first = enroll("h1")
+    node2, second = enroll("h2")
+    heartbeats._client().delete(heartbeats.KEY)
+
+    async def scenario():
+        joining = communicator(first)
+        assert (await joining.connect())[0]  # no hello yet: its join holds the only slot
+        ws, answer = await knock(second)
+        wait = retry_after(settings.NODE_GRACE_SECONDS)
+        assert busy(answer) == wait
+        body = await ws.receive_output(timeout=5)
+        assert body["type"] == "websocket.http.response.body"
+        assert f"try again in {wait} s" in body["body"].decode()
+        # The first knock made the process read the credentials; a knock after it is a beat.
+        await until_true(lambda: agent_consumer._credentials.lookup(node2.credential_hash) == node2.pk)
+        before = time.time()
+        _, answer = await knock(second)
+        busy(answer)
+        await heartbeats.flush()
+        assert heartbeats.read_all()[node2.pk] >= before
+        assert node1.pk not in heartbeats.read_all()  # only the knocking node beat
+
+        # A server without the denial extension: accepted, then closed "try again later".
+        ws, answer = await knock(second, denial=False)
+        assert answer["type"] == "websocket.accept"
+        assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": 1013}
+
+        # The first agent's join ends with its full set: the slot is free again.
+        await joining.send_json_to(HELLO)
+        assert (await joining.receive_json_from(timeout=5))["type"] == "welcome"
+        assert (await joining.receive_json_from(timeout=5))["type"] == "desired"
+        admitted = communicator(second)
+        assert (await admitted.connect())[0]
+        await admitted.disconnect()
+        await joining.disconnect()
+
+    run(scenario)
+    assert agent_consumer._gate().in_flight == 0  # every slot was given back
+
+
+def test_an_agent_that_never_says_hello_gives_its_slot_back_when_it_goes():
+    _, first = enroll("h1")
+    _, second = enroll("h2")
+
+    async def scenario():
+        joining = communicator(first)
+        assert (await joining.connect())[0]
+        _, answer = await knock(second)
+        busy(answer)
+        await joining.disconnect()
+        admitted = communicator(second)
+        assert (await admitted.connect())[0]
+        await admitted.disconnect()
+
+    run(scenario)
+
+
+def test_a_refused_bad_credential_takes_no_slot():
+    _, good = enroll("h1")
+
+    async def scenario():
+        for _ in range(3):
+            refused = communicator("berth_node_wrong")
+            assert (await refused.connect()) == (False, 1000)
+        ws = communicator(good)
+        assert (await ws.connect())[0]
+        await ws.disconnect()
+
+    run(scenario)
+
+
+# --- the node monitor while no web process hears heartbeats ---------------------------------------
+
+
+def stale_node():
+    """A Ready node whose last beat is two graces old."""
+    node, _ = enroll()
+    grace = timedelta(seconds=settings.NODE_GRACE_SECONDS)
+    now = timezone.now()
+    Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, session=uuid.uuid4())
+    client = heartbeats._client()
+    client.hset(heartbeats.KEY, str(node.pk), repr((now - 2 * grace).timestamp()))
+    client.set(heartbeats.EPOCH_KEY, repr((now - 10 * grace).timestamp()))
+    return node, now, grace
+
+
+def test_while_no_web_process_hears_heartbeats_no_node_is_called_silent():
+    node, now, grace = stale_node()
+    client = heartbeats._client()
+    client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")  # web processes ran; none says it hears now
+    assert monitor_nodes(now=now) == []
+    assert Node.objects.get(pk=node.pk).status == Node.Status.READY
+    # Heard again: every node gets two graces from the last pass that found nobody hearing
+    # (one for the whole fleet to knock again, one as always).
+    client.set(heartbeats.RECEIVING_KEY, "1", px=60_000)  # not to expire within the test
+    assert monitor_nodes(now=now + 2 * grace - timedelta(seconds=1)) == []
+    assert monitor_nodes(now=now + 2 * grace + timedelta(seconds=1)) == ["h1"]
+
+
+def test_with_a_web_process_hearing_a_silent_node_is_called_silent_at_once():
+    """The reference case: the same node, heard by a web process (or with no web process ever
+    seen, as in a test without one) turns NotReady at the first pass."""
+    _, now, _ = stale_node()
+    client = heartbeats._client()
+    client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")
+    client.set(heartbeats.RECEIVING_KEY, "1", px=60_000)  # not to expire within the test
+    assert monitor_nodes(now=now) == ["h1"]
+
+
+def test_no_web_process_ever_seen_means_nodes_are_judged_as_always():
+    _, now, _ = stale_node()
+    assert monitor_nodes(now=now) == ["h1"]
+
+
+def test_a_web_process_says_it_hears_heartbeats_while_its_loop_keeps_time():
+    import asyncio
+
+    client = heartbeats._client()
+
+    async def scenario():
+        watcher = asyncio.get_running_loop().create_task(heartbeats.watch_lag())
+        try:
+            while not client.exists(heartbeats.RECEIVING_KEY):
+                await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+
+    async_to_sync(asyncio.wait_for)(scenario(), 10)
+    assert client.exists(heartbeats.RECEIVERS_SEEN_KEY)
+    assert 0 < client.pttl(heartbeats.RECEIVING_KEY) <= heartbeats.RECEIVING_TTL_MS  # it expires
+    assert client.pttl(heartbeats.RECEIVERS_SEEN_KEY) == -1  # this one does not
+
+
+def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten():
+    node, old = enroll("h1")
+    agent_consumer._credentials.replace({node.credential_hash: node.pk})
+    enroll("h1")  # enrolled again: the old credential stops working
+    heartbeats._client().delete(heartbeats.KEY)
+
+    async def scenario():
+        refused = communicator(old)
+        assert (await refused.connect()) == (False, 1000)  # 403: the database knows better
+        await heartbeats.flush()
+        beats = heartbeats.read_all()
+        assert not agent_consumer._credentials.lookup(node.credential_hash)
+        heartbeats._client().delete(heartbeats.KEY)
+        again = communicator(old)
+        assert (await again.connect()) == (False, 1000)
+        await heartbeats.flush()
+        return beats
+
+    # The index's stale entry was worth one beat (what the index knew then), no more.
+    assert node.pk in run(scenario)
+    assert node.pk not in heartbeats.read_all()
+
+
+def test_a_web_process_reads_every_nodes_credential_at_its_start():
+    """What web.lifespan does before serving: the first knocks after a restart are heartbeats."""
+    nodes = [enroll(f"h{i}")[0] for i in range(3)]
+    run(agent_consumer.read_credentials)
+    assert [agent_consumer._credentials.lookup(n.credential_hash) for n in nodes] == [n.pk for n in nodes]
+    assert not agent_consumer._credentials.loading
+
+
+def test_an_accepted_agent_that_says_no_hello_gives_its_slot_back_and_keeps_its_session(monkeypatch):
+    """The handshake of an agent that had already given up (taken late from the listen
+    backlog) must not hold a slot: it is given back HELLO_SLOT_SECONDS after accept."""
+    monkeypatch.setattr(agent_consumer, "HELLO_SLOT_SECONDS", 0.2)
+    _, first = enroll("h1")
+    _, second = enroll("h2")
+
+    async def scenario():
+        silent = communicator(first)
+        assert (await silent.connect())[0]
+        _, answer = await knock(second)
+        busy(answer)  # the silent one holds the slot
+        await asyncio.sleep(0.4)
+        admitted = communicator(second)
+        assert (await admitted.connect())[0]  # given back, though the silent one is still there
+        # The silent agent's hello, late, still gets it welcomed.
+        await silent.send_json_to(HELLO)
+        assert (await silent.receive_json_from(timeout=5))["type"] == "welcome"
+        await admitted.disconnect()
+        await silent.disconnect()
+
+    run(scenario)
+    assert agent_consumer._gate().in_flight == 0
