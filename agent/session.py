@@ -75,11 +75,13 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     REFUSED = "refused"  # the credential was refused at the handshake
     WELCOMED = "welcomed"  # welcomed, but ended before it counted as healthy
-    BUSY = "busy"  # the control plane said to come back later (HTTP 503 or 429), or did not answer
+    BUSY = "busy"  # the control plane said to come back later (HTTP 503 or 429, or close 1013)
+    UNANSWERED = "unanswered"  # no answer to the handshake within the open timeout
 
 
 OPEN_TIMEOUT = 10.0  # seconds for the TCP connection and the WebSocket handshake
 BUSY_STATUSES = (429, 503)
+TRY_AGAIN_LATER = 1013  # the WebSocket close code of the same
 BUSY_DEFAULT_WAIT = 5.0  # when a busy answer names no Retry-After
 BUSY_MAX_WAIT = 60.0
 
@@ -136,9 +138,10 @@ class Session:
                 self._delay.hurry()  # the server is there: a restart, not an outage
             elif outcome is Outcome.REFUSED and not await self._after_refusal():
                 continue  # _after_refusal already waited
-            if outcome is Outcome.BUSY:
-                # The server is there and asked for a moment: its wait, not the back-off's.
-                self._delay.hurry()
+            if outcome in (Outcome.BUSY, Outcome.UNANSWERED):
+                # Asked for a moment, or too busy to answer: its wait, not the back-off's.
+                if outcome is Outcome.BUSY:
+                    self._delay.hurry()  # the server is there
                 wait = busy_wait(self._retry_after)
             else:
                 wait = self._delay.next()
@@ -206,7 +209,7 @@ class Session:
             # add to that backlog: wait as for a busy answer without a Retry-After.
             log.warning("cannot connect to %s: timed out; trying again in a few seconds", url)
             self._retry_after = None
-            return Outcome.BUSY
+            return Outcome.UNANSWERED
         except (OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
             log.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
         return Outcome.FAILED
@@ -289,6 +292,9 @@ class Session:
         log.info("disconnected from %s: %s", url, reason)
         if welcomed_at is not None and time.monotonic() - welcomed_at >= HEALTHY_AFTER:
             return Outcome.HEALTHY
+        if welcomed_at is None and ws.close_code == TRY_AGAIN_LATER:
+            self._retry_after = None  # a server without HTTP denial answers busy this way
+            return Outcome.BUSY
         return Outcome.FAILED if welcomed_at is None else Outcome.WELCOMED
 
     def _on_desired(self, frame: DesiredSet) -> dict[str, Any] | None:

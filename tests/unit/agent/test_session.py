@@ -414,3 +414,30 @@ def test_a_control_plane_that_does_not_answer_the_handshake_is_not_knocked_at_ag
     asyncio.run(scenario())
     gaps = [later - earlier for earlier, later in itertools.pairwise(knocks)]
     assert all(gap >= 0.2 + 0.3 for gap in gaps), gaps  # the timeout, then half the default wait
+
+
+class ClosingControlPlane(ControlPlane):
+    """A server without HTTP denial: accepts the first BUSY connections and closes them at once
+    with 1013 (try again later), then lets the agent in."""
+
+    BUSY = 2
+
+    def __init__(self, accepted: str):
+        super().__init__(accepted)
+        self.knocks: list[float] = []
+
+    async def handler(self, ws):
+        self.knocks.append(asyncio.get_running_loop().time())
+        if len(self.knocks) <= self.BUSY:
+            await ws.close(1013, "try again later")
+            return
+        await super().handler(ws)
+
+
+def test_a_close_with_try_again_later_before_the_welcome_is_a_busy_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_module, "BUSY_DEFAULT_WAIT", 1.0)  # waits 0.5 to 1.5 s
+    plane = ClosingControlPlane("berth_node_old")
+    asyncio.run(run_session(tmp_path, plane, join_token=None, until=plane.got_status.wait))
+    gaps = [later - earlier for earlier, later in itertools.pairwise(plane.knocks)]
+    assert len(plane.knocks) == ClosingControlPlane.BUSY + 1
+    assert all(gap >= 0.5 for gap in gaps), gaps  # not the back-off's 0.01 to 0.05 s
