@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from web.consumers.agent_gate import AgentGate  # noqa: E402
 from web.consumers.routing import agent_urlpatterns, browser_urlpatterns  # noqa: E402
 from web.lifespan import lifespan  # noqa: E402
 
@@ -23,7 +24,8 @@ def _websocket_router():
     # with their node credential instead.
     allowed = list(settings.ALLOWED_HOSTS) + [o.split("://", 1)[-1] for o in settings.CSRF_TRUSTED_ORIGINS]
     browser = OriginValidator(AuthMiddlewareStack(URLRouter(browser_urlpatterns)), allowed)
-    agent = URLRouter(agent_urlpatterns)
+    # Agents are admitted a bounded number at a time, before a consumer is built.
+    agent = AgentGate(URLRouter(agent_urlpatterns))
 
     async def route(scope, receive, send):
         if scope["path"].startswith("/ws/agent/"):

@@ -30,7 +30,7 @@ async def lifespan(scope, receive, send):
                 log.warning("could not restart the heartbeat clock: %s", exc)
             # Agents knocking before their turn to join are recognised (their knock is their
             # heartbeat) from the first one on: web/consumers/admission.py.
-            from web.consumers.agent import read_credentials
+            from web.consumers.agent_gate import read_credentials
 
             await read_credentials()
             await send({"type": "lifespan.startup.complete"})

@@ -18,6 +18,7 @@ from nodes.controllers.monitor import monitor_nodes
 from nodes.models import Node
 from tests.integration.test_agent_channel import HELLO, communicator, enroll, run, until_true
 from web.consumers import agent as agent_consumer
+from web.consumers import agent_gate
 from web.consumers.admission import CredentialIndex, retry_after
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def one_join_at_a_time(settings, monkeypatch):
     settings.AGENT_JOINS_IN_FLIGHT = 1
-    monkeypatch.setattr(agent_consumer, "_gates", {})
-    monkeypatch.setattr(agent_consumer, "_credentials", CredentialIndex())
+    monkeypatch.setattr(agent_gate, "_gates", {})
+    monkeypatch.setattr(agent_gate, "credentials", CredentialIndex())
 
 
 async def knock(credential, *, denial=True):
@@ -63,7 +64,7 @@ def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is
         assert body["type"] == "websocket.http.response.body"
         assert f"try again in {wait} s" in body["body"].decode()
         # The first knock made the process read the credentials; a knock after it is a beat.
-        await until_true(lambda: agent_consumer._credentials.lookup(node2.credential_hash) == node2.pk)
+        await until_true(lambda: agent_gate.credentials.lookup(node2.credential_hash) == node2.pk)
         before = time.time()
         _, answer = await knock(second)
         busy(answer)
@@ -86,7 +87,7 @@ def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is
         await joining.disconnect()
 
     run(scenario)
-    assert agent_consumer._gate().in_flight == 0  # every slot was given back
+    assert agent_gate.gate().in_flight == 0  # every slot was given back
 
 
 def test_an_agent_that_never_says_hello_gives_its_slot_back_when_it_goes():
@@ -184,7 +185,7 @@ def test_a_web_process_says_it_hears_heartbeats_while_its_loop_keeps_time():
 
 def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten():
     node, old = enroll("h1")
-    agent_consumer._credentials.replace({node.credential_hash: node.pk})
+    agent_gate.credentials.replace({node.credential_hash: node.pk})
     enroll("h1")  # enrolled again: the old credential stops working
     heartbeats._client().delete(heartbeats.KEY)
 
@@ -193,7 +194,7 @@ def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten(
         assert (await refused.connect()) == (False, 1000)  # 403: the database knows better
         await heartbeats.flush()
         beats = heartbeats.read_all()
-        assert not agent_consumer._credentials.lookup(node.credential_hash)
+        assert not agent_gate.credentials.lookup(node.credential_hash)
         heartbeats._client().delete(heartbeats.KEY)
         again = communicator(old)
         assert (await again.connect()) == (False, 1000)
@@ -208,9 +209,9 @@ def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten(
 def test_a_web_process_reads_every_nodes_credential_at_its_start():
     """What web.lifespan does before serving: the first knocks after a restart are heartbeats."""
     nodes = [enroll(f"h{i}")[0] for i in range(3)]
-    run(agent_consumer.read_credentials)
-    assert [agent_consumer._credentials.lookup(n.credential_hash) for n in nodes] == [n.pk for n in nodes]
-    assert not agent_consumer._credentials.loading
+    run(agent_gate.read_credentials)
+    assert [agent_gate.credentials.lookup(n.credential_hash) for n in nodes] == [n.pk for n in nodes]
+    assert not agent_gate.credentials.loading
 
 
 def test_an_accepted_agent_that_says_no_hello_gives_its_slot_back_and_keeps_its_session(monkeypatch):
@@ -235,4 +236,4 @@ def test_an_accepted_agent_that_says_no_hello_gives_its_slot_back_and_keeps_its_
         await silent.disconnect()
 
     run(scenario)
-    assert agent_consumer._gate().in_flight == 0
+    assert agent_gate.gate().in_flight == 0

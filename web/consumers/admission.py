@@ -1,4 +1,5 @@
-"""How many agents a web process lets join at once, and how it knows a refused one.
+"""How many agents a web process lets join at once, and how it knows a refused one: the
+decisions, kept apart from the ASGI middleware that applies them (web/consumers/agent_gate.py).
 
 Joining (the handshake, the credential checked, the hello recorded, the full desired set
 read and sent) is the dearest thing an agent asks of the control plane. After a web server

@@ -10,23 +10,20 @@ import json
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from config.channel_layer import ReceiveFailed
 from nodes import heartbeats
-from nodes.services import authenticate_node, node_ids_by_credential
+from nodes.services import authenticate_node
 from nodes.sessions import session_closed, session_hello
-from nodes.tokens import NODE_PREFIX, hash_token
 from orchestrator.dispatch import desired_set
-from web.consumers.admission import CredentialIndex, JoinGate, retry_after
+from web.consumers import agent_gate
 from web.consumers.agent_streams import STREAM_REPLIES, AgentStreamsMixin
 from web.consumers.reports import report_buffer
 
@@ -36,7 +33,6 @@ log = logging.getLogger(__name__)
 DATABASE_ERRORS = (OperationalError, InterfaceError)
 RETRY_FIRST, RETRY_MAX = 0.5, 5.0
 SERVER_RESTART = 1012  # the close code uvicorn gives every WebSocket when it shuts down
-TRY_AGAIN_LATER = 1013
 HELLO_SLOT_SECONDS = 5.0  # from accept: an agent's hello comes right after its handshake
 PARTIAL_SETS = "desired.partial"  # the hello feature of agents that take partial frames
 SETTINGS = "settings"  # the hello feature of agents that take a new heartbeat interval
@@ -54,49 +50,6 @@ def in_pool(fn):
     queue behind each other; these calls are independent per node (each is its own
     transaction), so they can run side by side."""
     return database_sync_to_async(fn, thread_sensitive=False)
-
-
-def _bearer(scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-    return ""
-
-
-# This process's joins under way, and the credentials it knows (web/consumers/admission.py).
-_gates: dict[int, JoinGate] = {}
-_credentials = CredentialIndex()
-DENIAL = "websocket.http.response"  # the ASGI extension for answering a handshake with HTTP
-
-
-def _gate() -> JoinGate:
-    limit = settings.AGENT_JOINS_IN_FLIGHT
-    gate = _gates.get(limit)
-    if gate is None:
-        gate = _gates[limit] = JoinGate(limit)
-    return gate
-
-
-# A thread of its own: the read must not queue behind the joins whose agents it recognises.
-_credential_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="berth-credentials")
-_reading: set[asyncio.Task] = set()
-
-
-async def read_credentials() -> None:
-    """Read every node's credential hash into this process's index (at startup, and while
-    joins are refused: web/consumers/admission.py)."""
-    _credentials.loading = True
-    try:
-        ids = await database_sync_to_async(
-            node_ids_by_credential, thread_sensitive=False, executor=_credential_reader
-        )()
-        _credentials.replace(ids)
-    except Exception as exc:  # PostgreSQL down: knocks are not heartbeats meanwhile
-        log.warning("could not read the nodes' credentials: %s", exc)
-    finally:
-        _credentials.loading = False
 
 
 class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
@@ -161,18 +114,9 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
-        credential = _bearer(self.scope)
-        digest = hash_token(credential) if credential.startswith(NODE_PREFIX) else None
-        if digest is not None and (known := _credentials.lookup(digest)) is not None:
-            # Its agent is alive, whether it joins now or waits its turn: a heartbeat, before
-            # any work that could make it wait (web/consumers/admission.py).
-            await heartbeats.record(known, time.time())
-        self.join_slot = _gate().enter()
-        if self.join_slot is None:
-            await self._refuse_busy(digest is not None)
-            return
+        self.join_slot = self.scope.get(agent_gate.SLOT)  # taken by the gate in front
         try:
-            await self._admit(credential, digest)
+            await self._admit(agent_gate.bearer(self.scope), agent_gate.credential_digest(self.scope))
         except BaseException:  # the database failed it, or it was cancelled: no slot is kept
             self._leave_gate()
             raise
@@ -182,12 +126,12 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         if node is None:
             self._leave_gate()
             if digest is not None:
-                _credentials.forget(digest)  # rotated or removed: its knocks are no heartbeats
+                agent_gate.credentials.forget(digest)  # rotated or removed: its knocks are no heartbeats
             log.warning("refused an agent connection from %s: bad credential", self.scope.get("client"))
             await self.close()  # before accept: the handshake is answered 403
             return
         if digest is not None:
-            _credentials.remember(digest, node.pk)
+            agent_gate.credentials.remember(digest, node.pk)
         self.node_id, self.node_name = node.pk, node.name
         self.group = node.channel_group
         self.session = uuid.uuid4()
@@ -208,26 +152,9 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
         self.slot_timer = asyncio.get_running_loop().call_later(HELLO_SLOT_SECONDS, self._leave_gate)
         log.info("agent of node %s connected", self.node_name)
 
-    async def _refuse_busy(self, node_credential: bool):
-        """Too many agents are joining this process: come back in a moment. The credentials
-        are read again meanwhile, so that the next knock of each node is its heartbeat."""
-        if node_credential and _credentials.wants_reload():
-            _credentials.loading = True
-            _reading.add(task := asyncio.get_running_loop().create_task(read_credentials()))
-            task.add_done_callback(_reading.discard)  # kept referenced until it ends
-        wait = retry_after(settings.NODE_GRACE_SECONDS)
-        if DENIAL in self.scope.get("extensions", {}):
-            headers = [(b"retry-after", str(wait).encode()), (b"content-type", b"text/plain; charset=utf-8")]
-            await self.base_send({"type": "websocket.http.response.start", "status": 503, "headers": headers})
-            body = f"too many agents are joining this web process; try again in {wait} s\n".encode()
-            await self.base_send({"type": "websocket.http.response.body", "body": body})
-        else:  # a server without the extension: accept, then close with "try again later"
-            await self.accept()
-            await self.close(code=TRY_AGAIN_LATER)
-
     def _leave_gate(self):
         if self.join_slot is not None:
-            _gate().leave(self.join_slot)
+            agent_gate.gate().leave(self.join_slot)
             self.join_slot = None
         if self.slot_timer is not None:
             self.slot_timer.cancel()
