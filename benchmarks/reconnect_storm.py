@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -45,6 +44,7 @@ from scheduler_throughput import (
     _interrupt,
     deployment_bodies,
     hollow_progress,
+    keep_logs,
     machine_reference,
     start_hollow,
     wait_nodes_ready,
@@ -202,10 +202,7 @@ def main() -> None:
             stop_process(hollow, timeout=20)
         plane.stop()
         if args.keep_logs:
-            keep = Path(args.keep_logs)
-            keep.mkdir(parents=True, exist_ok=True)
-            for path in plane.dir.glob("*.log"):
-                shutil.copy(path, keep / path.name)
+            keep_logs(plane, Path(args.keep_logs))
         services.stop()
     print(json.dumps(result))
     sys.exit(exit_code)

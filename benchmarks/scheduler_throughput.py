@@ -196,6 +196,13 @@ def start_hollow(
         )  # fmt: skip
 
 
+def keep_logs(plane: ControlPlane, keep: Path) -> None:
+    """Copy the control plane's and the fleet's logs to `keep` (before they go with the run)."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for path in plane.dir.glob("*.log"):
+        shutil.copy(path, keep / path.name)
+
+
 def tree_rss(root: int) -> int:
     """Resident memory of a process and its descendants, in bytes."""
     return sum(proc_status(pid, "VmRSS") for pid in tree_pids(root))
@@ -825,11 +832,8 @@ def main() -> None:
             stop_process(hollow, timeout=20)
         plane.stop()
         if args.keep_logs:
-            keep = Path(args.keep_logs)
-            keep.mkdir(parents=True, exist_ok=True)
-            for path in plane.dir.glob("*.log"):
-                shutil.copy(path, keep / path.name)
-            log(f"logs kept in {keep}")
+            keep_logs(plane, Path(args.keep_logs))
+            log(f"logs kept in {args.keep_logs}")
         services.stop()
     print(json.dumps(result))
     sys.exit(exit_code)

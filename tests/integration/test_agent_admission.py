@@ -90,15 +90,21 @@ def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is
     assert agent_gate.gate().in_flight == 0  # every slot was given back
 
 
+async def holding_the_slot(first, second):
+    """The first agent is accepted and says nothing: the second is told to come back."""
+    joining = communicator(first)
+    assert (await joining.connect())[0]
+    _, answer = await knock(second)
+    busy(answer)
+    return joining
+
+
 def test_an_agent_that_never_says_hello_gives_its_slot_back_when_it_goes():
     _, first = enroll("h1")
     _, second = enroll("h2")
 
     async def scenario():
-        joining = communicator(first)
-        assert (await joining.connect())[0]
-        _, answer = await knock(second)
-        busy(answer)
+        joining = await holding_the_slot(first, second)
         await joining.disconnect()
         admitted = communicator(second)
         assert (await admitted.connect())[0]
@@ -222,10 +228,7 @@ def test_an_accepted_agent_that_says_no_hello_gives_its_slot_back_and_keeps_its_
     _, second = enroll("h2")
 
     async def scenario():
-        silent = communicator(first)
-        assert (await silent.connect())[0]
-        _, answer = await knock(second)
-        busy(answer)  # the silent one holds the slot
+        silent = await holding_the_slot(first, second)
         await asyncio.sleep(0.4)
         admitted = communicator(second)
         assert (await admitted.connect())[0]  # given back, though the silent one is still there

@@ -163,25 +163,29 @@ def test_partial_sets_use_the_entries_the_agent_has_and_a_gap_asks_for_the_full_
     assert statuses[6] == ["b", "c"]
 
 
+def stub_session(tmp_path, argv: list[str]) -> Session:
+    """A session of node h1 (credential berth_node_old) over the stubs, reconnecting within 0.05 s."""
+    config = load_config(argv, environ={})
+    save_credential(tmp_path, Credential(config.server, "h1", "berth_node_old"))
+    reporter = StatusReporter()
+    return Session(
+        config,
+        Enroller(config),
+        StubReconciler(reporter),
+        reporter,
+        StubRuntime(),
+        EngineInfo("?", 0, 0),
+        delay=ReconnectDelay(base=0.01, cap=0.05),
+    )
+
+
 async def run_session(tmp_path, plane: ControlPlane, *, join_token: str | None, until):
     async with serve(plane.handler, "127.0.0.1", 0, process_request=plane.process_request) as server:
         port = server.sockets[0].getsockname()[1]
         argv = ["--server", f"http://127.0.0.1:{port}", "--name", "h1", "--state-dir", str(tmp_path)]
         if join_token:
             argv += ["--join-token", join_token]
-        config = load_config(argv, environ={})
-        save_credential(tmp_path, Credential(config.server, "h1", "berth_node_old"))
-        reporter = StatusReporter()
-        session = Session(
-            config,
-            Enroller(config),
-            StubReconciler(reporter),
-            reporter,
-            StubRuntime(),
-            EngineInfo("?", 0, 0),
-            delay=ReconnectDelay(base=0.01, cap=0.05),
-        )
-        task = asyncio.create_task(session.run_forever())
+        task = asyncio.create_task(stub_session(tmp_path, argv).run_forever())
         try:
             await asyncio.wait_for(until(), timeout=10)
         finally:
@@ -388,21 +392,8 @@ def test_a_control_plane_that_does_not_answer_the_handshake_is_not_knocked_at_ag
 
         server = await asyncio.start_server(mute, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        config = load_config(
-            ["--server", f"http://127.0.0.1:{port}", "--name", "h1", "--state-dir", str(tmp_path)], environ={}
-        )
-        save_credential(tmp_path, Credential(config.server, "h1", "berth_node_old"))
-        reporter = StatusReporter()
-        session = Session(
-            config,
-            Enroller(config),
-            StubReconciler(reporter),
-            reporter,
-            StubRuntime(),
-            EngineInfo("?", 0, 0),
-            delay=ReconnectDelay(base=0.01, cap=0.05),
-        )
-        task = asyncio.create_task(session.run_forever())
+        argv = ["--server", f"http://127.0.0.1:{port}", "--name", "h1", "--state-dir", str(tmp_path)]
+        task = asyncio.create_task(stub_session(tmp_path, argv).run_forever())
         try:
             await asyncio.wait_for(enough.wait(), timeout=10)
         finally:
