@@ -83,7 +83,7 @@ OPEN_TIMEOUT = 10.0  # seconds for the TCP connection and the WebSocket handshak
 BUSY_STATUSES = (429, 503)
 TRY_AGAIN_LATER = 1013  # the WebSocket close code of the same
 BUSY_DEFAULT_WAIT = 5.0  # when a busy answer names no Retry-After
-BUSY_MAX_WAIT = 60.0
+BUSY_MAX_WAIT = 30.0  # the back-off's own cap: a proxy's long Retry-After is not waited out
 
 
 def busy_wait(retry_after: str | None, rng: Callable[[], float] = random.random) -> float:

@@ -121,43 +121,48 @@ RECEIVING_TTL_MS = 3000
 
 
 async def watch_lag() -> None:
-    """Log whenever this event loop runs LAG_WARNING_SECONDS late, and say at every check
-    that this process hears heartbeats (RECEIVING_KEY), until cancelled (a web process
-    starts it once, at startup: web/lifespan.py)."""
+    """Log whenever this event loop runs LAG_WARNING_SECONDS late, and say every
+    LAG_CHECK_SECONDS that this process hears heartbeats (RECEIVING_KEY), until cancelled (a
+    web process starts it once, at startup: web/lifespan.py)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    stamper = loop.create_task(_say_receiving(), name="berth-receiving")
     try:
-        await _watch_lag(loop, client)
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_CHECK_SECONDS)
+            late = loop.time() - started - LAG_CHECK_SECONDS
+            if late >= LAG_WARNING_SECONDS:
+                log.warning(
+                    "this web process's event loop ran %.1f s late: agents' heartbeats waited that "
+                    "long (the node grace is %g s); it needs more CPU or more web processes",
+                    late, settings.NODE_GRACE_SECONDS,
+                )  # fmt: skip
     finally:
-        await client.aclose()
+        stamper.cancel()
 
 
-async def _watch_lag(loop, client) -> None:
+async def _say_receiving() -> None:
     import asyncio
 
+    client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     failed = False
-    while True:
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.set(RECEIVING_KEY, "1", px=RECEIVING_TTL_MS)
-                pipe.set(RECEIVERS_SEEN_KEY, "1")  # again after a Redis that lost its data
-                await pipe.execute()
-            failed = False
-        except redis.RedisError as exc:  # Redis restarting: the monitor cannot run either
-            if not failed:
-                log.warning("could not say that this process hears heartbeats: %s", exc)
-            failed = True
-        started = loop.time()
-        await asyncio.sleep(LAG_CHECK_SECONDS)
-        late = loop.time() - started - LAG_CHECK_SECONDS
-        if late >= LAG_WARNING_SECONDS:
-            log.warning(
-                "this web process's event loop ran %.1f s late: agents' heartbeats waited that "
-                "long (the node grace is %g s); it needs more CPU or more web processes",
-                late, settings.NODE_GRACE_SECONDS,
-            )  # fmt: skip
+    try:
+        while True:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    pipe.set(RECEIVING_KEY, "1", px=RECEIVING_TTL_MS)
+                    pipe.set(RECEIVERS_SEEN_KEY, "1")  # again after a Redis that lost its data
+                    await pipe.execute()
+                failed = False
+            except Exception as exc:  # Redis restarting (the monitor cannot run either): go on
+                if not failed:
+                    log.warning("could not say that this process hears heartbeats: %s", exc)
+                failed = True
+            await asyncio.sleep(LAG_CHECK_SECONDS)
+    finally:
+        await client.aclose()
 
 
 async def record(node_id: int, timestamp: float) -> None:
@@ -211,8 +216,8 @@ def tracking_since(now: float) -> tuple[float, bool]:
     """Since when heartbeats have been recorded here, and whether that starts now.
 
     A Redis that restarted or was flushed holds no heartbeats at all, although the agents
-    are fine: the node monitor must then give every node a whole grace from this moment
-    before calling it silent. The first call after the loss (or ever) sets the mark and
+    are fine: the node monitor must then give every node a whole grace from this moment (and
+    the rejoin allowance to one not heard since) before calling it silent. The first call after the loss (or ever) sets the mark and
     gets (now, True); later calls get the mark and False. A web process that starts moves
     the mark to its start (restart_tracking): its agents are reconnecting.
     """
@@ -223,41 +228,69 @@ def tracking_since(now: float) -> tuple[float, bool]:
     return (float(value), False) if value else (now, False)
 
 
+# The longest wait an agent draws between two attempts to connect (its back-off's cap,
+# agent/reconnect.py; a busy answer's wait is shorter).
+AGENT_LONGEST_WAIT = 30.0
+
+
 def rejoin_allowance() -> float:
-    """Seconds added to the grace of every node when web processes hear heartbeats again
-    (one starts, or the monitor found none hearing): the whole fleet knocks at once then,
-    and an agent whose knock waited out its 10 s handshake timeout in the listen backlog
-    waits a few seconds more before the next (agent/session.py). One more grace."""
-    return settings.NODE_GRACE_SECONDS
+    """Seconds a node not heard since heartbeats were tracked afresh (a web process started,
+    web processes hear again after none did, Redis lost the beats) has on top of its grace:
+    its agent may be waiting out its longest draw, or a handshake stuck in a listen backlog,
+    while the whole fleet knocks at once. A node heard since is judged from its beat as
+    always."""
+    return max(settings.NODE_GRACE_SECONDS, AGENT_LONGEST_WAIT)
 
 
 async def restart_tracking(now: float) -> None:
-    """A web process started: heartbeats count from `now` plus the rejoin allowance (see
-    tracking_since). It also learns the fleet's size, so that the agents reconnecting to it
-    are welcomed with the interval the fleet calls for, not the base."""
+    """A web process started: heartbeats count from `now` (see tracking_since and
+    rejoin_allowance). It also learns the fleet's size, so that the agents reconnecting to
+    it are welcomed with the interval the fleet calls for, not the base."""
     global _fleet_size
     client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
-        await client.set(EPOCH_KEY, repr(now + rejoin_allowance()))
+        await client.set(EPOCH_KEY, repr(now))
         _fleet_size = await client.hlen(KEY)
     finally:
         await client.aclose()
 
 
+# The monitor holds its judgement this long at most: web processes gone for good (or
+# crashing before they serve) must not keep dead nodes Ready for ever.
+HOLD_LIMIT_SECONDS = 300.0
+SILENT_SINCE_KEY = "berth:heartbeats:silent-since"
+_hold_expired_said = False
+
+
 def receivers_silent(now: float) -> bool:
     """True when web processes have run but none says it hears heartbeats now (see
-    RECEIVING_KEY): the node monitor must not call nodes silent meanwhile. Heartbeats then
-    count from `now` plus the rejoin allowance (the mark tracking_since reads), so that when
-    a web process hears them again every node has that and a whole grace for its agent's
-    next beat to arrive."""
+    RECEIVING_KEY), for at most HOLD_LIMIT_SECONDS: the node monitor must not call nodes
+    silent meanwhile. Heartbeats then count from `now` (the mark tracking_since reads), so
+    that when a web process hears them again every node not heard since has its rejoin
+    allowance and a whole grace for its agent's next beat to arrive."""
+    global _hold_expired_said
     client = _client()
     with client.pipeline(transaction=False) as pipe:
         pipe.exists(RECEIVERS_SEEN_KEY)
         pipe.exists(RECEIVING_KEY)
-        seen, receiving = pipe.execute()
+        pipe.get(SILENT_SINCE_KEY)
+        seen, receiving, silent_since = pipe.execute()
     if not seen or receiving:
+        if silent_since is not None:
+            client.delete(SILENT_SINCE_KEY)
+        _hold_expired_said = False
         return False
-    client.set(EPOCH_KEY, repr(now + rejoin_allowance()))
+    if silent_since is None:
+        client.set(SILENT_SINCE_KEY, repr(now), nx=True)
+    elif now - float(silent_since) > HOLD_LIMIT_SECONDS:
+        if not _hold_expired_said:
+            log.error(
+                "no web process has heard the agents' heartbeats for %.0f s: judging nodes again "
+                "(is the web server running?)", now - float(silent_since),
+            )  # fmt: skip
+            _hold_expired_said = True
+        return False
+    client.set(EPOCH_KEY, repr(now))
     return True
 
 

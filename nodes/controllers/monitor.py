@@ -50,18 +50,26 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
     since, fresh = heartbeats.tracking_since(now.timestamp())
     if fresh:
         _after_redis_loss()
-    # Nobody is silent for longer than heartbeats have been recorded: after Redis lost them
-    # every node gets a whole grace for its agent's next beat to arrive.
+    # Nobody is silent for longer than heartbeats have been recorded: after Redis lost them,
+    # a web process started, or web processes hear again after none did, a node not heard
+    # since gets the rejoin allowance and a whole grace for its agent's next beat to arrive.
     tracked_from = datetime.fromtimestamp(since, tz=UTC)
     oldest_fine = now.timestamp() - grace.total_seconds()
     interval = settings.NODE_MONITOR_INTERVAL_SECONDS
     turns = max(1, round(_COARSE.total_seconds() / interval))
     turn = int(now.timestamp() / interval) % turns
 
+    rejoining_until = tracked_from + timedelta(seconds=heartbeats.rejoin_allowance())
+
     def last_seen(pk, last_heartbeat, status_changed_at):
         beat = beats.get(pk)
         stored = [datetime.fromtimestamp(beat, tz=UTC) if beat else None, last_heartbeat]
-        return max(max(filter(None, stored), default=status_changed_at), tracked_from)
+        seen = max(max(filter(None, stored), default=status_changed_at), tracked_from)
+        if beat is None or beat < since:
+            # Not heard since heartbeats were tracked afresh: its agent may still be on its
+            # way back in, with the whole fleet (nodes/heartbeats.py rejoin_allowance).
+            seen = max(seen, rejoining_until)
+        return seen
 
     lost = []
     with transaction.atomic():
@@ -131,11 +139,13 @@ def _say_receivers_silent(silent: bool) -> None:
     if silent and not _silent_receivers:
         log.warning(
             "no web process hears the agents' heartbeats (the web server is restarting, or its "
-            "event loop stalls): no node is called silent until one does, and then every node "
-            "gets a whole grace"
+            "event loop stalls): no node is called silent until one does (for %.0f s at most), "
+            "and then every node not heard since gets %.0f s more than its grace",
+            heartbeats.HOLD_LIMIT_SECONDS,
+            heartbeats.rejoin_allowance(),
         )
     elif _silent_receivers and not silent:
-        log.info("web processes hear heartbeats again: nodes are judged from now, a grace on")
+        log.info("web processes hear heartbeats again")
     _silent_receivers = silent
 
 

@@ -49,4 +49,5 @@ def no_heartbeat_receivers():
     yield
     from nodes import heartbeats
 
-    heartbeats._client().delete(heartbeats.RECEIVING_KEY, heartbeats.RECEIVERS_SEEN_KEY)
+    keys = (heartbeats.RECEIVING_KEY, heartbeats.RECEIVERS_SEEN_KEY, heartbeats.SILENT_SINCE_KEY)
+    heartbeats._client().delete(*keys)

@@ -16,7 +16,8 @@ from django.utils import timezone
 from nodes import heartbeats
 from nodes.controllers.monitor import monitor_nodes
 from nodes.models import Node
-from tests.integration.test_agent_channel import HELLO, communicator, enroll, run, until_true
+from tests.integration.test_agent_channel import HELLO, enroll, run, until_true
+from tests.integration.test_agent_channel import communicator as plain_communicator
 from web.consumers import agent as agent_consumer
 from web.consumers import agent_gate
 from web.consumers.admission import CredentialIndex, retry_after
@@ -31,11 +32,16 @@ def one_join_at_a_time(settings, monkeypatch):
     monkeypatch.setattr(agent_gate, "credentials", CredentialIndex())
 
 
+def communicator(credential):
+    """With the denial extension, as uvicorn's: a refused join answers 503, which fails connect()."""
+    ws = plain_communicator(credential)
+    ws.scope["extensions"] = {agent_gate.DENIAL: {}}
+    return ws
+
+
 async def knock(credential, *, denial=True):
     """A handshake; the first message the application answers it with."""
-    ws = communicator(credential)
-    if denial:
-        ws.scope["extensions"] = {"websocket.http.response": {}}
+    ws = communicator(credential) if denial else plain_communicator(credential)
     await ws.send_input({"type": "websocket.connect"})
     answer = await ws.receive_output(timeout=5)
     return ws, answer
@@ -115,13 +121,19 @@ def test_an_agent_that_never_says_hello_gives_its_slot_back_when_it_goes():
 
 def test_a_refused_bad_credential_takes_no_slot():
     _, good = enroll("h1")
+    _, other = enroll("h2")
 
     async def scenario():
         for _ in range(3):
-            refused = communicator("berth_node_wrong")
+            refused = communicator("berth_node_wrong")  # checked against the database
             assert (await refused.connect()) == (False, 1000)
         ws = communicator(good)
         assert (await ws.connect())[0]
+        # No node credential at all: 403 at the gate, even with every slot taken.
+        for credential in (None, "not-even-a-token"):
+            assert (await communicator(credential).connect()) == (False, 1000)
+        _, answer = await knock(other)
+        busy(answer)  # the one slot is still the first agent's
         await ws.disconnect()
 
     run(scenario)
@@ -148,11 +160,34 @@ def test_while_no_web_process_hears_heartbeats_no_node_is_called_silent():
     client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")  # web processes ran; none says it hears now
     assert monitor_nodes(now=now) == []
     assert Node.objects.get(pk=node.pk).status == Node.Status.READY
-    # Heard again: every node gets two graces from the last pass that found nobody hearing
-    # (one for the whole fleet to knock again, one as always).
+    # Heard again: a node not heard since gets the rejoin allowance and its grace, from the
+    # last pass that found nobody hearing.
     client.set(heartbeats.RECEIVING_KEY, "1", px=60_000)  # not to expire within the test
-    assert monitor_nodes(now=now + 2 * grace - timedelta(seconds=1)) == []
-    assert monitor_nodes(now=now + 2 * grace + timedelta(seconds=1)) == ["h1"]
+    allowed = grace + timedelta(seconds=heartbeats.rejoin_allowance())
+    assert monitor_nodes(now=now + allowed - timedelta(seconds=1)) == []
+    assert monitor_nodes(now=now + allowed + timedelta(seconds=1)) == ["h1"]
+
+
+def test_a_node_heard_since_the_web_processes_came_back_is_judged_from_its_beat():
+    """The allowance is for agents still on their way back, not for one already heard."""
+    node, now, grace = stale_node()
+    client = heartbeats._client()
+    client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")
+    assert monitor_nodes(now=now) == []  # nobody hears: the epoch moves to now
+    client.set(heartbeats.RECEIVING_KEY, "1", px=60_000)
+    client.hset(heartbeats.KEY, str(node.pk), repr(now.timestamp() + 1))  # its agent beat once
+    assert monitor_nodes(now=now + grace) == []
+    assert monitor_nodes(now=now + grace + timedelta(seconds=2)) == ["h1"]
+
+
+def test_the_monitor_holds_its_judgement_only_so_long():
+    """Web processes gone for good must not keep dead nodes Ready for ever."""
+    _, now, _ = stale_node()
+    client = heartbeats._client()
+    client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")
+    assert monitor_nodes(now=now) == []
+    later = now + timedelta(seconds=heartbeats.HOLD_LIMIT_SECONDS + 1)
+    assert monitor_nodes(now=later) == ["h1"]
 
 
 def test_with_a_web_process_hearing_a_silent_node_is_called_silent_at_once():

@@ -136,8 +136,10 @@ def test_after_redis_lost_the_heartbeats_every_node_gets_a_fresh_grace():
         resync.assert_called_once()  # queued tasks and published sets went with Redis too
         assert resync.call_args.kwargs["kwargs"] == {"after_redis_loss": True}  # every lagging node
         assert Node.objects.get(pk=node.pk).status == Node.Status.READY
-        # A grace later, still not a single beat: that node really is silent.
-        assert monitor_nodes(now=now + grace + timedelta(seconds=1)) == ["h1"]
+        # The rejoin allowance and a grace later, still not a single beat: it really is silent.
+        allowed = grace + timedelta(seconds=heartbeats.rejoin_allowance())
+        assert monitor_nodes(now=now + allowed - timedelta(seconds=1)) == []
+        assert monitor_nodes(now=now + allowed + timedelta(seconds=1)) == ["h1"]
         assert resync.call_count == 1
 
 
@@ -220,9 +222,10 @@ def test_a_web_process_starting_gives_every_node_a_fresh_grace():
     now = timezone.now()
     Node.objects.filter(pk=node.pk).update(status=Node.Status.READY, last_heartbeat=now - grace * 2)
     run(heartbeats.restart_tracking, now.timestamp())  # what web.lifespan does at startup
-    # Two graces: one for the whole fleet to knock again, one as always.
-    assert monitor_nodes(now=now + grace * 2 - timedelta(seconds=1)) == []
-    assert monitor_nodes(now=now + grace * 2 + timedelta(seconds=1)) == ["h1"]
+    # Not heard since: the rejoin allowance (the whole fleet knocks again), then its grace.
+    allowed = grace + timedelta(seconds=heartbeats.rejoin_allowance())
+    assert monitor_nodes(now=now + allowed - timedelta(seconds=1)) == []
+    assert monitor_nodes(now=now + allowed + timedelta(seconds=1)) == ["h1"]
 
 
 def test_the_agent_consumer_rejoins_its_group_after_redis_forgot_it():

@@ -80,13 +80,18 @@ class AgentGate:
 
     async def __call__(self, scope, receive, send):
         digest = credential_digest(scope)
-        if digest is not None and (known := credentials.lookup(digest)) is not None:
+        if digest is None:  # no node credential at all: refused here, taking no slot
+            log.warning("refused an agent connection from %s: no node credential", scope.get("client"))
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close"})  # before accept: answered 403
+            return
+        if (known := credentials.lookup(digest)) is not None:
             # Its agent is alive, whether it joins now or waits its turn: a heartbeat, before
             # any work that could make it wait.
             await heartbeats.record(known, time.time())
         slot = gate().enter()
         if slot is None:
-            await self._refuse(scope, receive, send, digest is not None)
+            await self._refuse(scope, receive, send)
             return
         try:
             await self.app({**scope, SLOT: slot}, receive, send)
@@ -94,10 +99,10 @@ class AgentGate:
             gate().leave(slot)  # the consumer gives it back when its join ends; at the latest here
 
     @staticmethod
-    async def _refuse(scope, receive, send, node_credential: bool):
+    async def _refuse(scope, receive, send):
         """Too many agents are joining this process: come back in a moment. The credentials
         are read again meanwhile, so that the next knock of each node is its heartbeat."""
-        if node_credential and credentials.wants_reload():
+        if credentials.wants_reload():
             credentials.loading = True
             _reading.add(task := asyncio.get_running_loop().create_task(read_credentials()))
             task.add_done_callback(_reading.discard)  # kept referenced until it ends
