@@ -14,9 +14,10 @@ from collections.abc import Callable
 # After a session the server welcomed ends, the next attempts stay within this ceiling for
 # this long: the control plane restarting (a deploy, a crash) is back within seconds, up to
 # half a minute on a slow or busy machine. The node monitor holds its judgement while no web
-# process runs, then gives every node a whole grace (nodes/heartbeats.py): an agent that
-# had drawn a long wait meanwhile would miss it and turn its node NotReady for nothing. A
-# refused connection costs the server little; past the window, the usual back-off.
+# process runs, then gives a node not heard since 30 s on top of its grace
+# (nodes/heartbeats.py): an agent that had drawn long waits meanwhile would come back late
+# for nothing. A refused connection costs the server little; past the window, the usual
+# back-off.
 FAST_CEILING_SECONDS = 1.0
 FAST_WINDOW_SECONDS = 60.0
 

@@ -107,7 +107,7 @@ def data_epoch() -> int:
 LAG_CHECK_SECONDS = 0.5
 LAG_WARNING_SECONDS = 2.0
 
-# Who hears the agents. Every web process sets RECEIVING_KEY at each lag check, to expire
+# Who hears the agents. Every web process sets RECEIVING_KEY every LAG_CHECK_SECONDS, to expire
 # RECEIVING_TTL_MS later (Redis's own clock: no skew between machines), and
 # RECEIVERS_SEEN_KEY for good. Both there: heartbeats are being heard. Only the second: no
 # web process has kept time for RECEIVING_TTL_MS (the web server restarts, or its event
@@ -217,9 +217,10 @@ def tracking_since(now: float) -> tuple[float, bool]:
 
     A Redis that restarted or was flushed holds no heartbeats at all, although the agents
     are fine: the node monitor must then give every node a whole grace from this moment (and
-    the rejoin allowance to one not heard since) before calling it silent. The first call after the loss (or ever) sets the mark and
-    gets (now, True); later calls get the mark and False. A web process that starts moves
-    the mark to its start (restart_tracking): its agents are reconnecting.
+    the rejoin allowance to one not heard since) before calling it silent. The first call
+    after the loss (or ever) sets the mark and gets (now, True); later calls get the mark
+    and False. A web process that starts moves the mark to its start (restart_tracking):
+    its agents are reconnecting.
     """
     client = _client()
     if client.set(EPOCH_KEY, repr(now), nx=True):
