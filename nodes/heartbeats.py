@@ -165,11 +165,19 @@ async def _say_receiving() -> None:
         await client.aclose()
 
 
-async def record(node_id: int, timestamp: float) -> None:
+# Knocks: a node's agent was heard at the door (web/consumers/agent_gate.py) without a
+# session yet. They keep its node alive like beats, but only a session's beat tells the
+# node monitor that the agent is back in after a web restart (rejoin_allowance).
+KNOCKS_KEY = "berth:heartbeats:knocks"
+_knocks: dict = {}  # event loop -> {node_id: timestamp}
+
+
+async def record(node_id: int, timestamp: float, *, knock: bool = False) -> None:
+    """A heartbeat of a node's session, or (`knock`) its agent knocking at the door."""
     import asyncio
 
     loop = asyncio.get_running_loop()
-    _pending.setdefault(loop, {})[str(node_id)] = repr(timestamp)
+    (_knocks if knock else _pending).setdefault(loop, {})[str(node_id)] = repr(timestamp)
     flusher = _flushers.get(loop)
     if flusher is None or flusher.done():
         _flushers[loop] = loop.create_task(_flush_soon(loop))
@@ -188,6 +196,9 @@ async def flush(loop=None) -> None:
 
     loop = loop or asyncio.get_running_loop()
     batch = _pending.pop(loop, None)
+    knocks = _knocks.pop(loop, None)
+    if knocks:
+        await _flush_knocks(loop, knocks)
     if not batch:
         return
     client = _async_clients.get(loop)
@@ -210,6 +221,16 @@ async def flush(loop=None) -> None:
         # later) get through, and the node monitor gives every node a fresh grace after a
         # Redis that lost its data (tracking_since).
         log.warning("could not record %d heartbeat(s): %s", len(batch), exc)
+
+
+async def _flush_knocks(loop, knocks: dict) -> None:
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        await client.hset(KNOCKS_KEY, mapping=knocks)
+    except redis.RedisError as exc:
+        log.warning("could not record %d knock(s): %s", len(knocks), exc)
 
 
 def tracking_since(now: float) -> tuple[float, bool]:
@@ -300,5 +321,11 @@ def read_all() -> dict[int, float]:
     return {int(k): float(v) for k, v in _client().hgetall(KEY).items()}
 
 
+def read_knocks() -> dict[int, float]:
+    """Every node's last knock (see KNOCKS_KEY) as a Unix time."""
+    return {int(k): float(v) for k, v in _client().hgetall(KNOCKS_KEY).items()}
+
+
 def forget(node_id: int) -> None:
     _client().hdel(KEY, str(node_id))
+    _client().hdel(KNOCKS_KEY, str(node_id))

@@ -47,6 +47,7 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
     _say_receivers_silent(False)
     grace = timedelta(seconds=settings.NODE_GRACE_SECONDS)
     beats = heartbeats.read_all()  # node id -> Unix time
+    knocks = heartbeats.read_knocks()  # agents heard at the door, not in session yet
     since, fresh = heartbeats.tracking_since(now.timestamp())
     if fresh:
         _after_redis_loss()
@@ -62,12 +63,12 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
     rejoining_until = tracked_from + timedelta(seconds=heartbeats.rejoin_allowance())
 
     def last_seen(pk, last_heartbeat, status_changed_at):
-        beat = beats.get(pk)
-        stored = [datetime.fromtimestamp(beat, tz=UTC) if beat else None, last_heartbeat]
-        seen = max(max(filter(None, stored), default=status_changed_at), tracked_from)
+        beat, knock = beats.get(pk), knocks.get(pk)
+        stored = [datetime.fromtimestamp(t, tz=UTC) if t else None for t in (beat, knock)]
+        seen = max(max(filter(None, [*stored, last_heartbeat]), default=status_changed_at), tracked_from)
         if beat is None or beat < since:
-            # Not heard since heartbeats were tracked afresh: its agent may still be on its
-            # way back in, with the whole fleet (nodes/heartbeats.py rejoin_allowance).
+            # No session beat since heartbeats were tracked afresh: its agent may still be on
+            # its way back in, with the whole fleet (nodes/heartbeats.py rejoin_allowance).
             seen = max(seen, rejoining_until)
         return seen
 
@@ -82,7 +83,7 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
         )
         suspects, refresh = [], []
         for pk, never in ready:
-            beat = beats.get(pk)
+            beat = max(beats.get(pk, 0.0), knocks.get(pk, 0.0)) or None
             if beat is None or beat < oldest_fine:
                 suspects.append(pk)
             elif never or pk % turns == turn:

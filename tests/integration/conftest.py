@@ -49,5 +49,10 @@ def no_heartbeat_receivers():
     yield
     from nodes import heartbeats
 
-    keys = (heartbeats.RECEIVING_KEY, heartbeats.RECEIVERS_SEEN_KEY, heartbeats.SILENT_SINCE_KEY)
+    keys = (
+        heartbeats.RECEIVING_KEY,
+        heartbeats.RECEIVERS_SEEN_KEY,
+        heartbeats.SILENT_SINCE_KEY,
+        heartbeats.KNOCKS_KEY,
+    )
     heartbeats._client().delete(*keys)

@@ -58,7 +58,7 @@ def busy(answer) -> int:
 def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is_a_heartbeat():
     node1, first = enroll("h1")
     node2, second = enroll("h2")
-    heartbeats._client().delete(heartbeats.KEY)
+    heartbeats._client().delete(heartbeats.KEY, heartbeats.KNOCKS_KEY)
 
     async def scenario():
         joining = communicator(first)
@@ -75,8 +75,9 @@ def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is
         _, answer = await knock(second)
         busy(answer)
         await heartbeats.flush()
-        assert heartbeats.read_all()[node2.pk] >= before
-        assert node1.pk not in heartbeats.read_all()  # only the knocking node beat
+        assert heartbeats.read_knocks()[node2.pk] >= before
+        assert node1.pk not in heartbeats.read_knocks()  # only the knocking node
+        assert node2.pk not in heartbeats.read_all()  # a knock, not a session's beat
 
         # A server without the denial extension: accepted, then closed "try again later".
         ws, answer = await knock(second, denial=False)
@@ -180,6 +181,23 @@ def test_a_node_heard_since_the_web_processes_came_back_is_judged_from_its_beat(
     assert monitor_nodes(now=now + grace + timedelta(seconds=2)) == ["h1"]
 
 
+def test_a_node_whose_agent_only_knocked_since_keeps_its_rejoin_allowance_and_knocks_keep_it_alive():
+    """Knocks (refused or waiting at the door) are not a session: the allowance holds for a
+    node that only knocked, and past it the knocks themselves keep it Ready like beats."""
+    node, now, grace = stale_node()
+    client = heartbeats._client()
+    client.set(heartbeats.RECEIVERS_SEEN_KEY, "1")
+    assert monitor_nodes(now=now) == []  # nobody hears: the epoch moves to now
+    client.set(heartbeats.RECEIVING_KEY, "1", px=60_000)
+    client.hset(heartbeats.KNOCKS_KEY, str(node.pk), repr(now.timestamp() + 1))
+    allowed = grace + timedelta(seconds=heartbeats.rejoin_allowance())
+    assert monitor_nodes(now=now + allowed - timedelta(seconds=1)) == []
+    knocked = now + allowed - timedelta(seconds=2)
+    client.hset(heartbeats.KNOCKS_KEY, str(node.pk), repr(knocked.timestamp()))
+    assert monitor_nodes(now=now + allowed + timedelta(seconds=1)) == []  # it knocks on
+    assert monitor_nodes(now=knocked + grace + timedelta(seconds=1)) == ["h1"]
+
+
 def test_the_monitor_holds_its_judgement_only_so_long():
     """Web processes gone for good must not keep dead nodes Ready for ever."""
     _, now, _ = stale_node()
@@ -228,15 +246,15 @@ def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten(
     node, old = enroll("h1")
     agent_gate.credentials.replace({node.credential_hash: node.pk})
     enroll("h1")  # enrolled again: the old credential stops working
-    heartbeats._client().delete(heartbeats.KEY)
+    heartbeats._client().delete(heartbeats.KEY, heartbeats.KNOCKS_KEY)
 
     async def scenario():
         refused = communicator(old)
         assert (await refused.connect()) == (False, 1000)  # 403: the database knows better
         await heartbeats.flush()
-        beats = heartbeats.read_all()
+        beats = heartbeats.read_knocks()
         assert not agent_gate.credentials.lookup(node.credential_hash)
-        heartbeats._client().delete(heartbeats.KEY)
+        heartbeats._client().delete(heartbeats.KEY, heartbeats.KNOCKS_KEY)
         again = communicator(old)
         assert (await again.connect()) == (False, 1000)
         await heartbeats.flush()
@@ -244,7 +262,7 @@ def test_a_known_agent_beats_as_it_knocks_and_a_refused_credential_is_forgotten(
 
     # The index's stale entry was worth one beat (what the index knew then), no more.
     assert node.pk in run(scenario)
-    assert node.pk not in heartbeats.read_all()
+    assert node.pk not in heartbeats.read_knocks()
 
 
 def test_a_web_process_reads_every_nodes_credential_at_its_start():

@@ -88,7 +88,7 @@ class AgentGate:
         if (known := credentials.lookup(digest)) is not None:
             # Its agent is alive, whether it joins now or waits its turn: a heartbeat, before
             # any work that could make it wait.
-            await heartbeats.record(known, time.time())
+            await heartbeats.record(known, time.time(), knock=True)
         slot = gate().enter()
         if slot is None:
             await self._refuse(scope, receive, send)
