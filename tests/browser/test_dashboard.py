@@ -38,7 +38,7 @@ def phases(page):
     return page.eval_on_selector_all("#replicas-table [data-phase]", "nodes => nodes.map(n => n.textContent)")
 
 
-def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plane, cluster):
+def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plane, cluster, api):
     log_in(page, control_plane)
     name = f"ui-{uuid.uuid4().hex[:6]}"
     page.click("text=New deployment")
@@ -51,24 +51,34 @@ def test_create_from_the_form_and_watch_replicas_turn_running(page, control_plan
     page.wait_for_url(f"**/namespaces/default/deployments/{name}/")
     # Mark this document: a reload or navigation would lose the mark.
     page.evaluate("window.__berthNoReload = true")
-    first_seen = phases(page)
-    assert first_seen != ["Running", "Running"], "already Running at first render: nothing was watched live"
+    expected = 2
+    if phases(page) == ["Running", "Running"]:
+        # Both started before the page's first render (a fast moment of the machine): watch
+        # a third one come up live instead, so that the test still sees a change arrive.
+        response = api.patch(f"/api/v1/namespaces/default/deployments/{name}/", json={"replicas": 3})
+        assert response.status_code == 200, response.text
+        expected = 3
 
     page.wait_for_function(
-        """() => {
+        """expected => {
             const cells = [...document.querySelectorAll('#replicas-table [data-phase]')];
-            return cells.length === 2 && cells.every(c => c.textContent === 'Running');
+            return cells.length === expected && cells.every(c => c.textContent === 'Running');
         }""",
+        arg=expected,
         timeout=20_000,
     )
-    assert page.evaluate("window.__berthNoReload") is True
+    assert page.evaluate("window.__berthNoReload") is True  # seen live, not by reloading
     # The ready count is the deployment's status, written by the controller just after the phases.
-    page.wait_for_function("() => document.querySelector('#ready-count').textContent === '2'", timeout=10_000)
+    page.wait_for_function(
+        "expected => document.querySelector('#ready-count').textContent === String(expected)",
+        arg=expected,
+        timeout=10_000,
+    )
     assert page.get_attribute("body", "data-live-state") == "open"
     nodes = page.eval_on_selector_all(
         "#replicas-table tbody tr td:nth-child(2)", "n => n.map(x => x.textContent)"
     )
-    assert sorted(nodes) == ["h1", "h2"]
+    assert sorted(set(nodes)) == ["h1", "h2"]  # spread over both
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "deployment-detail.png"), full_page=True)
     page.goto(control_plane.base_url + "/")
