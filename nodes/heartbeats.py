@@ -228,7 +228,12 @@ async def _flush_knocks(loop, knocks: dict) -> None:
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
     try:
-        await client.hset(KNOCKS_KEY, mapping=knocks)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(KNOCKS_KEY, mapping=knocks)
+            # Knocks matter only while a fleet rejoins: the key goes once they stop, so the
+            # node monitor's pass does not read a fleet's worth of stale ones every second.
+            pipe.expire(KNOCKS_KEY, math.ceil(settings.NODE_GRACE_SECONDS + rejoin_allowance()))
+            await pipe.execute()
     except redis.RedisError as exc:
         log.warning("could not record %d knock(s): %s", len(knocks), exc)
 

@@ -78,6 +78,8 @@ def test_past_the_joins_in_flight_an_agent_is_told_to_come_back_and_its_knock_is
         assert heartbeats.read_knocks()[node2.pk] >= before
         assert node1.pk not in heartbeats.read_knocks()  # only the knocking node
         assert node2.pk not in heartbeats.read_all()  # a knock, not a session's beat
+        ttl = heartbeats._client().ttl(heartbeats.KNOCKS_KEY)  # gone once knocking stops
+        assert 0 < ttl <= settings.NODE_GRACE_SECONDS + heartbeats.rejoin_allowance() + 1
 
         # A server without the denial extension: accepted, then closed "try again later".
         ws, answer = await knock(second, denial=False)

@@ -116,7 +116,7 @@ class AgentConsumer(AgentStreamsMixin, AsyncJsonWebsocketConsumer):
     async def connect(self):
         self.join_slot = self.scope.get(agent_gate.SLOT)  # taken by the gate in front
         try:
-            await self._admit(agent_gate.bearer(self.scope), agent_gate.credential_digest(self.scope))
+            await self._admit(agent_gate.bearer(self.scope), self.scope.get(agent_gate.DIGEST))
         except BaseException:  # the database failed it, or it was cancelled: no slot is kept
             self._leave_gate()
             raise

@@ -26,6 +26,7 @@ from web.consumers.admission import CredentialIndex, JoinGate, retry_after
 log = logging.getLogger(__name__)
 
 SLOT = "berth.join_slot"  # the scope key the admitted join's slot travels in
+DIGEST = "berth.credential_digest"  # ... and its credential's hash, computed once
 DENIAL = "websocket.http.response"  # the ASGI extension for answering a handshake with HTTP
 TRY_AGAIN_LATER = 1013  # the close code, where a server cannot answer with HTTP
 
@@ -94,7 +95,7 @@ class AgentGate:
             await self._refuse(scope, receive, send)
             return
         try:
-            await self.app({**scope, SLOT: slot}, receive, send)
+            await self.app({**scope, SLOT: slot, DIGEST: digest}, receive, send)
         finally:
             gate().leave(slot)  # the consumer gives it back when its join ends; at the latest here
 
