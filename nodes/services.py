@@ -4,6 +4,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from nodes import heartbeats
@@ -46,18 +47,27 @@ def do_revoke_join_token(token: JoinToken, actor) -> None:
 
 def do_enroll_node(join_token: str, name: str, labels: dict) -> tuple[Node, str]:
     """Exchange a join token for a node credential (shown once). Enrolling an existing
-    name rotates its credential: the old agent's credential stops working."""
+    name rotates its credential: the old agent's credential stops working.
+
+    The token's row is locked only by the transaction's last statement, which counts the
+    use and checks again that the token is still usable: a fleet enrolling with one token
+    queues on that lock for a commit each, not for a whole enrollment (locked first, each
+    enrollment held a database connection while it waited its turn, and a web process ran
+    out of them for everything else). A revocation that commits first still refuses the
+    enrollment, which then leaves nothing behind."""
     now = timezone.now()
+    refused = EnrollmentRefused(
+        "join token is unknown, expired or revoked: create a new one with "
+        "'manage.py join_token' or POST /api/v1/join-tokens/"
+    )
     with transaction.atomic():
-        token = JoinToken.objects.select_for_update().filter(token_hash=hash_token(join_token or "")).first()
+        token = (
+            JoinToken.objects.filter(token_hash=hash_token(join_token or ""))
+            .only("pk", "prefix", "revoked_at", "expires_at")
+            .first()
+        )
         if token is None or not token.is_usable(now):
-            raise EnrollmentRefused(
-                "join token is unknown, expired or revoked: create a new one with "
-                "'manage.py join_token' or POST /api/v1/join-tokens/"
-            )
-        token.use_count += 1
-        token.last_used_at = now
-        token.save(update_fields=["use_count", "last_used_at"])
+            raise refused
         clear, digest = new_token(NODE_PREFIX)
         node, created = Node.objects.select_for_update().get_or_create(name=name)
         node.credential_hash = digest
@@ -70,6 +80,11 @@ def do_enroll_node(join_token: str, name: str, labels: dict) -> tuple[Node, str]
             f"enrolled with join token {token.prefix}…",
             now=now,
         )
+        counted = JoinToken.objects.filter(pk=token.pk, revoked_at__isnull=True, expires_at__gt=now).update(
+            use_count=F("use_count") + 1, last_used_at=now
+        )
+        if not counted:  # revoked (or expired) since it was read: undo all of it
+            raise refused
     return node, clear
 
 

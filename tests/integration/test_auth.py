@@ -1,13 +1,19 @@
 """Tokens: API bearer tokens and join tokens are hashed, revocable and checked everywhere."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from nodes import services
 from nodes.models import JoinToken, Node
+from nodes.services import EnrollmentRefused, do_create_join_token, do_enroll_node, do_revoke_join_token
 from nodes.tokens import hash_token
 from web.models import ApiToken
 
@@ -100,3 +106,76 @@ def test_enroll_rejects_a_bad_node_name(api, client):
 def test_dashboard_requires_login(client, db):
     response = client.get("/deployments/")
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_enrollments_count_their_join_token_uses(api, client):
+    token = api.post("/api/v1/join-tokens/", {}, format="json").json()["token"]
+    for name in ("h1", "h2", "h1"):
+        response = client.post(
+            "/api/v1/agents/enroll", {"join_token": token, "name": name}, content_type="application/json"
+        )
+        assert response.status_code == 201
+    stored = JoinToken.objects.get()
+    assert stored.use_count == 3 and stored.last_used_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_join_token_revoked_during_an_enrollment_refuses_it_and_leaves_nothing(monkeypatch):
+    """The revocation commits between the enrollment's read of the token and its end (on
+    another connection, as an operator's DELETE would): the enrollment is refused whole."""
+    token, clear = do_create_join_token(None)
+    real_record_event = services.record_event
+
+    def revoke():
+        do_revoke_join_token(token, None)
+        connection.close()
+
+    def revoke_meanwhile(*args, **kwargs):
+        revoker = threading.Thread(target=revoke)  # its own connection, committed at once
+        revoker.start()
+        revoker.join(10)
+        assert not revoker.is_alive(), "the revocation waited for the enrollment's lock"
+        return real_record_event(*args, **kwargs)
+
+    monkeypatch.setattr(services, "record_event", revoke_meanwhile)
+    with pytest.raises(EnrollmentRefused, match="revoked"):
+        do_enroll_node(clear, "h1", {})
+    assert not Node.objects.filter(name="h1").exists()
+    assert JoinToken.objects.get().use_count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enrollments_with_one_join_token_do_not_wait_for_each_other():
+    """A fleet enrolls with one token: an enrollment under way (held here before its end)
+    must not hold up the others. When the token's row was locked first, the second waited
+    for the first to commit."""
+    _, clear = do_create_join_token(None)
+    inside, release = threading.Event(), threading.Event()
+    real_record_event = services.record_event
+
+    def slow_record_event(node, *args, **kwargs):
+        if node.name == "slow":
+            inside.set()
+            release.wait(30)
+        return real_record_event(node, *args, **kwargs)
+
+    def enroll_slowly():
+        try:
+            do_enroll_node(clear, "slow", {})
+        finally:
+            connection.close()
+
+    with mock.patch.object(services, "record_event", slow_record_event):
+        slow = threading.Thread(target=enroll_slowly)
+        slow.start()
+        pool = ThreadPoolExecutor(1)
+        try:
+            assert inside.wait(30)
+            fast = pool.submit(lambda: (do_enroll_node(clear, "fast", {}), connection.close()))
+            fast.result(timeout=10)  # TimeoutError if it waits for the slow one
+        finally:
+            release.set()
+            slow.join(30)
+            pool.shutdown()
+    assert set(Node.objects.values_list("name", flat=True)) == {"slow", "fast"}
+    assert JoinToken.objects.get().use_count == 2
