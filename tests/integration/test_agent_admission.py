@@ -4,11 +4,16 @@ process hears heartbeats (nodes/heartbeats.py receivers_silent): what keeps a fl
 through a web server restart (benchmarks/reconnect_storm.py)."""
 
 import asyncio
+import logging
+import socket
+import threading
 import time
 import uuid
 from datetime import timedelta
 
 import pytest
+import uvicorn
+import websockets
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.utils import timezone
@@ -295,3 +300,58 @@ def test_an_accepted_agent_that_says_no_hello_gives_its_slot_back_and_keeps_its_
 
     run(scenario)
     assert agent_gate.gate().in_flight == 0
+
+
+def test_uvicorn_logs_no_error_for_a_refused_knock_and_still_logs_a_broken_handshake(caplog):
+    """uvicorn's websockets-sansio protocol calls every handshake answered with HTTP one the
+    application left without completing (uvicorn PR #3138): the gate's filter drops that
+    ERROR line for its own refusals, and only for them."""
+
+    async def broken(scope, receive, send):  # answers nothing: a real incomplete handshake
+        await receive()
+
+    gate = agent_gate.AgentGate(broken)
+
+    async def app(scope, receive, send):
+        await (gate if scope["path"].startswith("/ws/agent/") else broken)(scope, receive, send)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, ws="websockets-sansio", lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    held = agent_gate.gate().enter()  # the only slot: the next agent is refused
+    try:
+        assert until_started(server)
+        caplog.set_level(logging.INFO, logger="uvicorn.error")
+
+        async def statuses():
+            found = []
+            for path in ("/ws/agent/", "/ws/other/"):
+                headers = {"Authorization": "Bearer berth_node_unknown"}
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    await websockets.connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers)
+                found.append(refused.value.response.status_code)
+            return found
+
+        assert asyncio.run(statuses()) == [503, 500]
+    finally:
+        agent_gate.gate().leave(held)
+        server.should_exit = True
+        thread.join(10)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [agent_gate.UVICORN_DENIAL_ERROR]  # the broken handshake's, not the refusal's
+    assert any("503" in r.getMessage() for r in caplog.records)  # the refusal itself is still logged
+
+
+def until_started(server, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # polling a flag another thread sets
+    return True

@@ -11,6 +11,7 @@ knock is its node's heartbeat, whether it is admitted or not.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,24 @@ SLOT = "berth.join_slot"  # the scope key the admitted join's slot travels in
 DIGEST = "berth.credential_digest"  # ... and its credential's hash, computed once
 DENIAL = "websocket.http.response"  # the ASGI extension for answering a handshake with HTTP
 TRY_AGAIN_LATER = 1013  # the close code, where a server cannot answer with HTTP
+
+# uvicorn's websockets-sansio protocol logs this at ERROR after every handshake answered with
+# HTTP (the denial extension), though the answer went out (uvicorn PR #3138, open): one
+# ERROR line per refused knock, thousands a minute while a fleet reconnects.
+UVICORN_DENIAL_ERROR = "ASGI callable returned without completing handshake."
+# Set in the handshake's own task (uvicorn awaits the application in it): the filter below
+# drops that line for the handshakes this gate answered, and no other.
+_answered_with_http: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "berth_answered_with_http", default=False
+)
+
+
+class DenialLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_answered_with_http.get() and record.msg == UVICORN_DENIAL_ERROR)
+
+
+logging.getLogger("uvicorn.error").addFilter(DenialLogFilter())
 
 _gates: dict[int, JoinGate] = {}  # by limit (tests change the setting)
 credentials = CredentialIndex()
@@ -110,6 +129,7 @@ class AgentGate:
         await receive()  # websocket.connect
         wait = retry_after(settings.NODE_GRACE_SECONDS)
         if DENIAL in scope.get("extensions", {}):
+            _answered_with_http.set(True)
             headers = [(b"retry-after", str(wait).encode()), (b"content-type", b"text/plain; charset=utf-8")]
             await send({"type": "websocket.http.response.start", "status": 503, "headers": headers})
             body = f"too many agents are joining this web process; try again in {wait} s\n".encode()
