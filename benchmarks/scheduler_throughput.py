@@ -15,11 +15,16 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
 - api_connections_per_web_process and agents_per_web_process: how the API clients' and
   the agents' connections spread over the web processes.
 
+`--rounds K` measures K times on one fleet (each round deletes the last round's deployments
+and waits until their replicas are gone): `rounds` holds each round's figures,
+`placements_per_s_median` and `_min` sum them up, and the top-level figures are the first
+round's. Onboarding thousands of nodes takes minutes; a round takes seconds.
+
 Progress on stderr; one JSON object on stdout. Stops by itself (bounded waits) and tears
 everything down.
 
     .venv/bin/python benchmarks/scheduler_throughput.py [--nodes 5000] [--replicas 10000]
-        [--schedulers 1] [--heartbeat 2] [--grace 10] [--profile]
+        [--schedulers 1] [--heartbeat 2] [--grace 10] [--rounds 1] [--profile]
 """
 
 from __future__ import annotations
@@ -572,6 +577,138 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# Kept per round with --rounds (the first round's figures are also the top-level ones).
+ROUND_FIGURES = (
+    "machine_reference_per_s",
+    "post_s",
+    "placements_per_s",
+    "all_placed_s",
+    "all_running_s",
+    "cpu_s",
+    "agents_per_web_process",
+    "api_connections_per_web_process",
+)
+LEFT_OVER = """
+SELECT count(*) FROM orchestrator_replica r JOIN orchestrator_deployment d ON d.id = r.deployment_id
+WHERE d.name = ANY(%s)
+"""
+
+
+def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
+    """POST the deployments and wait until every replica is placed and Running: one
+    measurement. Returns its figures (see the module's doc)."""
+    result: dict[str, Any] = {"machine_reference_per_s": machine_reference()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    if args.pause_fleet:
+        os.killpg(hollow.pid, signal.SIGSTOP)
+    log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
+    url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
+    started = time.monotonic()
+
+    sessions = threading.local()  # one HTTP session per thread, kept alive as API clients do
+
+    def post(body):
+        if not hasattr(sessions, "client"):
+            sessions.client = plane.client(plane.api_token)
+        response = sessions.client.post(url, json=body)
+        if response.status_code != 201:
+            raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
+
+    with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
+        list(pool.map(post, bodies))
+        posted = time.monotonic()
+        # Which web process each client's kept-alive connection landed on (the kernel's
+        # choice), and each one's agents: a suspect for slow runs (not borne out so far).
+        web = plane.procs["web"].pid
+        workers = tree_pids(web)[1:] or [web]  # the supervisor holds the socket too, unused
+        spread = connections_per_server(plane.port, workers, os.getpid())
+        result["api_connections_per_web_process"] = spread["client"]
+        result["agents_per_web_process"] = [
+            n - c for n, c in zip(spread["all"], spread["client"], strict=True)
+        ]
+    result["post_s"] = round(posted - started, 2)
+    log(f"posted in {result['post_s']} s; waiting for placements")
+
+    placed_s = running_s = None
+    fine_poll = min(0.25, 0.05 * max(1.0, args.replicas / 10_000))
+    last_change, last_seen, last_log = started, (-1, -1), 0.0
+    while True:
+        placed, running = db.execute(COUNTS).fetchone()
+        now = time.monotonic()
+        if placed_s is None and placed >= args.replicas:
+            placed_s = now - started
+            log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
+            if args.pause_fleet:
+                os.killpg(hollow.pid, signal.SIGCONT)
+        if running >= args.replicas:
+            running_s = now - started
+            log(f"all {args.replicas} replicas Running in {running_s:.1f} s")
+            break
+        if (placed, running) != last_seen:
+            last_change, last_seen = now, (placed, running)
+        if now - last_change > args.stall or now - started > args.timeout:
+            log(f"giving up: {placed} placed, {running} Running after {now - started:.0f} s")
+            break
+        if now - last_log >= 5:
+            log(f"{placed} placed, {running} Running ({now - started:.0f} s)")
+            last_log = now
+        plane.check_alive()
+        # Counting is a query over every replica, and the machine is the one measured:
+        # coarse polls until the end is near, fine ones then (the figures' resolution),
+        # as fine as the run's size calls for: at 100,000 replicas a count takes tens of
+        # milliseconds of PostgreSQL, and polls every 0.05 s took a third of its execution time.
+        near = (running if placed_s is not None else placed) >= 0.9 * args.replicas
+        time.sleep(fine_poll if near else 0.25)
+    window = time.monotonic() - started
+
+    result["placements_per_s"] = round(args.replicas / placed_s, 1) if placed_s else None
+    # The scheduler's own pace: placements over the span of their commits (scheduled_at).
+    first, last = db.execute(SCHEDULED_SPAN).fetchone()
+    if first and last and last > first:
+        result["scheduled_span_s"] = round((last - first).total_seconds(), 2)
+        result["scheduler_commits_per_s"] = round(args.replicas / (last - first).total_seconds(), 1)
+    result["all_placed_s"] = round(placed_s, 2) if placed_s else None
+    result["all_running_s"] = round(running_s, 2) if running_s else None
+    placed, running = db.execute(COUNTS).fetchone()
+    if placed < args.replicas:
+        result["placed"] = placed
+        result["pending"] = args.replicas - placed
+        result["pending_reasons_top3"] = [[m, n] for m, n in db.execute(PENDING_REASONS)]
+    if running < args.replicas:
+        result["running"] = running
+    result["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
+    result["cpu_window_s"] = round(window, 1)
+    return result
+
+
+def clear_round(plane, db, args, names: list[str]) -> None:
+    """Delete a round's deployments and wait until their replicas are gone from the nodes
+    (the agents stopped them and said so), so that the next round starts on empty nodes."""
+    url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
+    sessions = threading.local()
+
+    def delete(name):
+        if not hasattr(sessions, "client"):
+            sessions.client = plane.client(plane.api_token)
+        response = sessions.client.delete(f"{url}{name}/")
+        if response.status_code not in (204, 404):
+            raise RuntimeError(f"DELETE {name}: HTTP {response.status_code} {response.text[:500]}")
+
+    with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
+        list(pool.map(delete, names))
+    started, last_log = time.monotonic(), 0.0
+    while (left := db.execute(LEFT_OVER, [names]).fetchone()[0]) > 0:
+        now = time.monotonic()
+        if now - started > args.timeout:
+            raise RuntimeError(f"{left} replicas of the last round still there after {args.timeout:.0f} s")
+        if now - last_log >= 5:
+            log(f"{left} replicas of the last round still there ({now - started:.0f} s)")
+            last_log = now
+        plane.check_alive()
+        time.sleep(0.5)  # polling PostgreSQL for the condition
+    log(f"the last round's replicas are gone after {time.monotonic() - started:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5000)
@@ -600,6 +737,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="bound of each wait (s)")
     parser.add_argument("--stall", type=float, default=120.0, help="give up when nothing moves this long (s)")
     parser.add_argument("--no-taints", action="store_true")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure this many times on the same fleet (each round deletes the last round's "
+        "deployments and waits for their replicas to go): a median and a minimum from one onboarding",
+    )
     parser.add_argument("--profile", action="store_true", help="sample web and workers with py-spy")
     parser.add_argument("--pg-waits", action="store_true", help="sample what PostgreSQL sessions wait on")
     parser.add_argument(
@@ -695,96 +839,40 @@ def main() -> None:
             name: round((cpu_seconds(pid) - idle_before[name]) / IDLE_SAMPLE_SECONDS, 3)
             for name, pid in processes.items()
         }
-        result["machine_reference_per_s"] = machine_reference()
-        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
         if sampler:
             sampler.start()
         statements = StatementStats(db) if args.pg_statements else None
         if statements:
             statements.start()
-
-        if args.pause_fleet:
-            os.killpg(hollow.pid, signal.SIGSTOP)
-        log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
-        url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
-        started = time.monotonic()
-
-        sessions = threading.local()  # one HTTP session per thread, kept alive as API clients do
-
-        def post(body):
-            if not hasattr(sessions, "client"):
-                sessions.client = plane.client(plane.api_token)
-            response = sessions.client.post(url, json=body)
-            if response.status_code != 201:
-                raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
-
-        with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
-            list(pool.map(post, bodies))
-            posted = time.monotonic()
-            # Which web process each client's kept-alive connection landed on (the kernel's
-            # choice), and each one's agents: a suspect for slow runs (not borne out so far).
-            web = plane.procs["web"].pid
-            workers = tree_pids(web)[1:] or [web]  # the supervisor holds the socket too, unused
-            spread = connections_per_server(plane.port, workers, os.getpid())
-            result["api_connections_per_web_process"] = spread["client"]
-            result["agents_per_web_process"] = [
-                n - c for n, c in zip(spread["all"], spread["client"], strict=True)
-            ]
-        result["post_s"] = round(posted - started, 2)
-        log(f"posted in {result['post_s']} s; waiting for placements")
-
-        placed_s = running_s = None
-        fine_poll = min(0.25, 0.05 * max(1.0, args.replicas / 10_000))
-        last_change, last_seen, last_log = started, (-1, -1), 0.0
-        while True:
-            placed, running = db.execute(COUNTS).fetchone()
-            now = time.monotonic()
-            if placed_s is None and placed >= args.replicas:
-                placed_s = now - started
-                log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
-                if args.pause_fleet:
-                    os.killpg(hollow.pid, signal.SIGCONT)
-            if running >= args.replicas:
-                running_s = now - started
-                log(f"all {args.replicas} replicas Running in {running_s:.1f} s")
-                break
-            if (placed, running) != last_seen:
-                last_change, last_seen = now, (placed, running)
-            if now - last_change > args.stall or now - started > args.timeout:
-                log(f"giving up: {placed} placed, {running} Running after {now - started:.0f} s")
-                break
-            if now - last_log >= 5:
-                log(f"{placed} placed, {running} Running ({now - started:.0f} s)")
-                last_log = now
-            plane.check_alive()
-            # Counting is a query over every replica, and the machine is the one measured:
-            # coarse polls until the end is near, fine ones then (the figures' resolution),
-            # as fine as the run's size calls for: at 100,000 replicas a count takes tens of
-            # milliseconds of PostgreSQL, and polls every 0.05 s took a third of its execution time.
-            near = (running if placed_s is not None else placed) >= 0.9 * args.replicas
-            time.sleep(fine_poll if near else 0.25)
-        window = time.monotonic() - started
-
-        result["placements_per_s"] = round(args.replicas / placed_s, 1) if placed_s else None
-        # The scheduler's own pace: placements over the span of their commits (scheduled_at).
-        first, last = db.execute(SCHEDULED_SPAN).fetchone()
-        if first and last and last > first:
-            result["scheduled_span_s"] = round((last - first).total_seconds(), 2)
-            result["scheduler_commits_per_s"] = round(args.replicas / (last - first).total_seconds(), 1)
-        result["all_placed_s"] = round(placed_s, 2) if placed_s else None
-        result["all_running_s"] = round(running_s, 2) if running_s else None
-        placed, running = db.execute(COUNTS).fetchone()
-        if placed < args.replicas:
-            result["placed"] = placed
-            result["pending"] = args.replicas - placed
-            result["pending_reasons_top3"] = [[m, n] for m, n in db.execute(PENDING_REASONS)]
-        if running < args.replicas:
-            result["running"] = running
-        result["cpu_s"] = {
-            name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()
-        }
-        result["cpu_window_s"] = round(window, 1)
+        first = place_round(plane, db, args, bodies, processes, hollow)
+        result.update(first)
+        if statements:
+            result["pg_statements"] = statements.stop()
+        if sampler:
+            # busy sessions per sample, by what they wait on (CPU: running) and query
+            result["pg_active_per_sample"] = sampler.stop()
+            sampler = None
+        if args.rounds > 1:
+            rounds = [{k: first.get(k) for k in ROUND_FIGURES}]
+            names = [b["name"] for b in bodies]
+            for number in range(2, args.rounds + 1):
+                log(f"round {number} of {args.rounds}: deleting the last round's deployments")
+                clear_round(plane, db, args, names)
+                # New names: the deleted ones may still be finishing (soft-deleted rows).
+                round_bodies = [{**b, "name": f"{b['name']}-r{number}"} for b in bodies]
+                names = [b["name"] for b in round_bodies]
+                figures = place_round(plane, db, args, round_bodies, processes, hollow)
+                rounds.append({k: figures.get(k) for k in ROUND_FIGURES})
+            rates = sorted(r["placements_per_s"] or 0.0 for r in rounds)
+            result["rounds"] = rounds
+            result["placements_per_s_rounds"] = [r["placements_per_s"] for r in rounds]
+            result["placements_per_s_median"] = (
+                rates[len(rates) // 2]
+                if len(rates) % 2
+                else round((rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2, 1)
+            )
+            result["placements_per_s_min"] = rates[0]
         result["machine_reference_after_per_s"] = machine_reference()
         if statements:
             result["pg_statements"] = statements.stop()
