@@ -581,6 +581,7 @@ def _interrupt(signum, frame):
 ROUND_FIGURES = (
     "machine_reference_per_s",
     "post_s",
+    "post_latency_ms",
     "placements_per_s",
     "all_placed_s",
     "all_running_s",
@@ -592,6 +593,15 @@ LEFT_OVER = """
 SELECT count(*) FROM orchestrator_replica r JOIN orchestrator_deployment d ON d.id = r.deployment_id
 WHERE d.name = ANY(%s)
 """
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    """p50, p90 and the maximum of a list of durations, in milliseconds."""
+    ordered = sorted(seconds)
+    if not ordered:
+        return {}
+    at = lambda q: round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)  # noqa: E731
+    return {"p50": at(0.5), "p90": at(0.9), "max": round(1000 * ordered[-1], 1)}
 
 
 def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
@@ -606,11 +616,14 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     started = time.monotonic()
 
     sessions = threading.local()  # one HTTP session per thread, kept alive as API clients do
+    latencies: list[float] = []
 
     def post(body):
         if not hasattr(sessions, "client"):
             sessions.client = plane.client(plane.api_token)
+        sent = time.perf_counter()
         response = sessions.client.post(url, json=body)
+        latencies.append(time.perf_counter() - sent)
         if response.status_code != 201:
             raise RuntimeError(f"POST {body['name']}: HTTP {response.status_code} {response.text[:500]}")
 
@@ -627,6 +640,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
             n - c for n, c in zip(spread["all"], spread["client"], strict=True)
         ]
     result["post_s"] = round(posted - started, 2)
+    result["post_latency_ms"] = percentiles_ms(latencies)
     log(f"posted in {result['post_s']} s; waiting for placements")
 
     placed_s = running_s = None

@@ -1,12 +1,13 @@
-"""ASGI entry point: HTTP goes to Django, WebSockets to the Channels consumers."""
+"""ASGI entry point: HTTP goes to Django (one thread trip a request: web/http_handler.py),
+WebSockets to the Channels consumers."""
 
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from django.core.asgi import get_asgi_application
+from web.http_handler import get_http_application
 
-django_asgi_app = get_asgi_application()
+django_asgi_app = get_http_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
