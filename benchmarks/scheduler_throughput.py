@@ -16,7 +16,8 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
   the agents' connections spread over the web processes.
 
 `--rounds K` measures K times on one fleet (each round deletes the last round's deployments
-and waits until their replicas are gone): `rounds` holds each round's figures,
+and waits until their replicas are gone): `rounds` holds each round's figures (with
+`cleared`, how long its deletion took: the DELETEs, and until its replicas were gone),
 `placements_per_s_median` and `_min` sum them up, and the top-level figures are the first
 round's. Onboarding thousands of nodes takes minutes; a round takes seconds.
 
@@ -695,9 +696,11 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     return result
 
 
-def clear_round(plane, db, args, names: list[str]) -> None:
+def clear_round(plane, db, args, names: list[str]) -> dict[str, float]:
     """Delete a round's deployments and wait until their replicas are gone from the nodes
-    (the agents stopped them and said so), so that the next round starts on empty nodes."""
+    (the agents stopped them and said so), so that the next round starts on empty nodes.
+    Returns how long the DELETEs took and how long until the replicas were gone (from the
+    first DELETE)."""
     url = f"/api/v1/namespaces/{NAMESPACE}/deployments/"
     sessions = threading.local()
 
@@ -708,6 +711,7 @@ def clear_round(plane, db, args, names: list[str]) -> None:
         if response.status_code not in (204, 404):
             raise RuntimeError(f"DELETE {name}: HTTP {response.status_code} {response.text[:500]}")
 
+    first_delete = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.post_threads) as pool:
         list(pool.map(delete, names))
     started, last_log = time.monotonic(), 0.0
@@ -721,6 +725,10 @@ def clear_round(plane, db, args, names: list[str]) -> None:
         plane.check_alive()
         time.sleep(0.5)  # polling PostgreSQL for the condition
     log(f"the last round's replicas are gone after {time.monotonic() - started:.1f} s")
+    return {
+        "delete_s": round(started - first_delete, 2),
+        "replicas_gone_s": round(time.monotonic() - first_delete, 2),
+    }
 
 
 def main() -> None:
@@ -872,12 +880,13 @@ def main() -> None:
             names = [b["name"] for b in bodies]
             for number in range(2, args.rounds + 1):
                 log(f"round {number} of {args.rounds}: deleting the last round's deployments")
-                clear_round(plane, db, args, names)
+                cleared = clear_round(plane, db, args, names)
                 # New names: the deleted ones may still be finishing (soft-deleted rows).
                 round_bodies = [{**b, "name": f"{b['name']}-r{number}"} for b in bodies]
                 names = [b["name"] for b in round_bodies]
                 figures = place_round(plane, db, args, round_bodies, processes, hollow)
                 rounds.append({k: figures.get(k) for k in ROUND_FIGURES})
+                rounds[-2]["cleared"] = cleared  # the deletion of the round before
             rates = sorted(r["placements_per_s"] or 0.0 for r in rounds)
             result["rounds"] = rounds
             result["placements_per_s_rounds"] = [r["placements_per_s"] for r in rounds]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -147,8 +147,8 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         plan = compute_plan(deployment.replicas, revision, states, rollout)
         changed = bool(evicted or replaced) or not plan.is_empty
 
-        for name in sorted(plan.terminate, key=lambda n: rows[n].pk):  # pk order, as reports lock
-            replica = rows[name]
+        terminating = [rows[name] for name in plan.terminate]
+        for replica in terminating:
             replica.phase = Replica.Phase.TERMINATING
             replica.ready = False
             replica.message = (
@@ -158,8 +158,8 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
             )
             if nodes.get(replica.node_id, {}).get("drain_started_at") is not None:
                 replica.message = "stopping: its node is being drained"
-            replica.save(update_fields=["phase", "ready", "message", "updated_at"])
             touched_nodes.add(replica.node_id)
+        _mark_terminating(terminating, now)
         if plan.delete:
             Replica.objects.filter(pk__in=[rows[n].pk for n in plan.delete]).delete()
             for name in plan.delete:
@@ -219,6 +219,33 @@ def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | Non
         seconds for seconds in rechecks if seconds is not None and seconds <= settings.RESYNC_INTERVAL_SECONDS
     ]
     return min(due) if due else None
+
+
+# One statement marks many replicas Terminating, locking them in id order as the agents'
+# reports do (orchestrator/controllers/node_reports.py), so the two never deadlock. Built
+# from the model's constants only: no input reaches the text.
+_MARK_TERMINATING = (
+    f"WITH locked AS MATERIALIZED (SELECT id FROM {Replica._meta.db_table} "  # noqa: S608
+    "WHERE id = ANY(%s) ORDER BY id FOR UPDATE) "
+    f"UPDATE {Replica._meta.db_table} AS r SET phase = %s, ready = false, message = v.message, "
+    "updated_at = %s FROM locked, unnest(%s::bigint[], %s::text[]) AS v(id, message) "
+    "WHERE r.id = locked.id AND r.id = v.id"
+)
+
+
+def _mark_terminating(replicas: list[Replica], now) -> None:
+    """Write what the pass set on these replicas (Terminating, not ready, why) in one
+    statement: a deployment deleted or scaled down by thousands took one UPDATE each (the
+    scheduler's largest cost when a 10,000-replica round was deleted)."""
+    if not replicas:
+        return
+    for replica in replicas:
+        replica.updated_at = now
+    pks = [r.pk for r in replicas]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _MARK_TERMINATING, [pks, Replica.Phase.TERMINATING, now, pks, [r.message for r in replicas]]
+        )
 
 
 def _nodes_of(replicas) -> dict[int, dict]:
