@@ -18,7 +18,9 @@ class Socket:
 
     def __init__(self, control_plane, path: str, *, terminal: bool = False) -> None:
         self.terminal = terminal
-        self.ws = connect(ws_url(control_plane, path), origin=control_plane.base_url, open_timeout=10)
+        self.ws = connect(  # closed by close(): the direct, not the context-manager, form
+            ws_url(control_plane, path), origin=control_plane.base_url, open_timeout=10, legacy=True
+        )
         self.token = control_plane.api_token
         self.received: list[dict] = []
 
