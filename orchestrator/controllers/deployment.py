@@ -236,7 +236,8 @@ _MARK_TERMINATING = (
 def _mark_terminating(replicas: list[Replica], now) -> None:
     """Write what the pass set on these replicas (Terminating, not ready, why) in one
     statement: a deployment deleted or scaled down by thousands took one UPDATE each (the
-    scheduler's largest cost when a 10,000-replica round was deleted)."""
+    scheduler's largest cost when a 10,000-replica round was deleted). Also for replicas
+    evicted by a NoExecute taint or replaced after their node was lost."""
     if not replicas:
         return
     for replica in replicas:
@@ -316,9 +317,9 @@ def _replace_lost(deployment, rows: dict[str, Replica], nodes: dict, now) -> tup
         replica.message = (
             f"node {node['name']} lost for {tolerate} s: replaced elsewhere; stopped there when it returns"
         )
-        replica.save(update_fields=["phase", "ready", "message", "updated_at"])
         record_event(replica, "NodeLost", replica.message, warning=True, now=now)
         replaced.append(replica.name)
+    _mark_terminating([rows[name] for name in replaced], now)
     if paused:
         message = f"{paused} replica(s) on lost nodes wait: {disruption}"
         record_event(deployment, "ReplacementPaused", message, warning=True, now=now)
@@ -393,10 +394,10 @@ def _evict(spec, rows: dict[str, Replica], nodes: dict, now) -> tuple[list[str],
             replica.phase = Replica.Phase.TERMINATING
             replica.ready = False
             replica.message = f"evicted: node {node_name} has taint {taint}"
-            replica.save(update_fields=["phase", "ready", "message", "updated_at"])
             record_event(replica, "Evicted", replica.message, warning=True, now=now)
             evicted.append(replica.name)
             break
+    _mark_terminating([rows[name] for name in evicted], now)
     return evicted, recheck_in
 
 
