@@ -11,8 +11,9 @@ from rest_framework.exceptions import ValidationError
 from nodes.models import Node
 from nodes.services import NodeNotRemovable, do_cordon_node, do_delete_node, do_uncordon_node
 from orchestrator import services
-from orchestrator.models import Deployment, Event, Namespace, Replica
+from orchestrator.models import Event, Namespace
 from orchestrator.quantities import format_cpu, format_memory
+from web import listing
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
 from web.api.nodes import NodeSerializer
 from web.api.rollouts import revision_rows, strategy_text
@@ -23,24 +24,37 @@ from web.node_forms import labels_text, parse_labels, parse_taints, taints_text
 
 @login_required
 def overview(request):
-    nodes = list(Node.objects.all())
-    deployments = list(Deployment.live.select_related("namespace"))
     return render(
         request,
         "overview.html",
         {
-            "nodes": nodes,
-            "deployments": deployments,
-            "ready_nodes": sum(1 for n in nodes if n.is_ready),
-            "running_replicas": Replica.objects.filter(phase=Replica.Phase.RUNNING).count(),
+            "nodes": listing.overview_nodes(),
+            "deployments": listing.overview_deployments(),
+            "counts": listing.counts(),
+            "rows": listing.OVERVIEW_ROWS,
             "events": Event.objects.all()[:CLUSTER_EVENTS],
+            "ws": "/ws/cluster/?view=overview",
+        },
+    )
+
+
+def _list_page(request, kind: str, pick, template: str, name: str):
+    view = listing.View.parse(kind, request.GET)
+    page = pick(view)
+    return render(
+        request,
+        template,
+        {
+            name: page.object_list,
+            "pager": listing.page_info(page, view),
+            "ws": f"/ws/cluster/?view={kind}&{view.query(page.number)}",
         },
     )
 
 
 @login_required
 def node_list(request):
-    return render(request, "nodes/list.html", {"nodes": Node.objects.all()})
+    return _list_page(request, "nodes", listing.nodes_page, "nodes/list.html", "nodes")
 
 
 def _node_page(request, node: Node, form: dict | None = None, errors: dict | None = None):
@@ -178,8 +192,8 @@ def node_delete(request, name):
 
 @login_required
 def deployment_list(request):
-    return render(
-        request, "deployments/list.html", {"deployments": Deployment.live.select_related("namespace")}
+    return _list_page(
+        request, "deployments", listing.deployments_page, "deployments/list.html", "deployments"
     )
 
 

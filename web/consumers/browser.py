@@ -15,6 +15,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from nodes.models import Node
 from orchestrator.broadcast import CLUSTER_GROUP, deployment_group
 from orchestrator.models import Deployment, Event
+from web import listing
 from web.api.deployments import DeploymentSerializer, ReplicaSerializer
 from web.api.events import EventSerializer
 from web.api.nodes import NodeSerializer
@@ -23,6 +24,10 @@ from web.permissions import can_view_cluster, can_view_namespace
 
 log = logging.getLogger(__name__)
 CLUSTER_EVENTS = 20  # the overview's feed
+# A page gets at most one snapshot per this many seconds: under load (a deploy of thousands
+# of replicas pokes the cluster group after every pass) a viewer costs the web process a
+# snapshot a second, not one per change; changes meanwhile fold into the next.
+SNAPSHOT_EVERY_SECONDS = 1.0
 
 
 class SnapshotConsumer(AsyncJsonWebsocketConsumer):
@@ -33,6 +38,7 @@ class SnapshotConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         self._task: asyncio.Task | None = None
         self._dirty = False
+        self._sent_at = asyncio.get_running_loop().time()  # the first snapshot goes below
         user = self.scope.get("user")
         if not (user and user.is_authenticated):
             await self.close()  # before accept: the handshake is refused (403)
@@ -61,9 +67,12 @@ class SnapshotConsumer(AsyncJsonWebsocketConsumer):
         self._task = asyncio.create_task(self._refresh())
 
     async def _refresh(self):
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                await asyncio.sleep(max(0.0, self._sent_at + SNAPSHOT_EVERY_SECONDS - loop.time()))
                 self._dirty = False
+                self._sent_at = loop.time()
                 await self.send_json(await database_sync_to_async(self.snapshot)())
                 if not self._dirty:
                     return
@@ -110,28 +119,48 @@ class DeploymentConsumer(SnapshotConsumer):
 
 
 class ClusterConsumer(SnapshotConsumer):
-    """/ws/cluster/: nodes, deployments and the latest events, for the overview and list pages;
-    /ws/cluster/?node=NAME adds that node's events and replicas (the node page)."""
+    """/ws/cluster/?view=overview|nodes|deployments[&page=N&q=...]: what that page lists
+    (web/listing.py: a page of rows, not the whole fleet), the counts, the latest events;
+    /ws/cluster/?node=NAME: that node, its events and replicas (the node page)."""
 
     def authorise(self, user):
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.node_name = (query.get("node") or [""])[0]
+        kind = (query.get("view") or ["overview"])[0]
+        self.view = listing.View.parse(kind if kind in VIEWS else "overview", query)
         return CLUSTER_GROUP if can_view_cluster(user) else None
 
     def snapshot(self):
-        data = self._cluster()
-        data["events"] = EventSerializer(
-            Event.objects.select_related("namespace")[:CLUSTER_EVENTS], many=True
-        ).data
-        node = Node.objects.filter(name=self.node_name).first() if self.node_name else None
-        if node is not None:
-            data["node_events"] = EventSerializer(
-                Event.objects.filter(kind="Node", object_uid=node.uid)[:20], many=True
+        if self.node_name:
+            return self._node_snapshot()
+        data = {"type": "cluster", "counts": listing.counts()}
+        if self.view.kind == "nodes":
+            page = listing.nodes_page(self.view)
+            data["nodes"], data["pager"] = _nodes(page.object_list), listing.page_info(page, self.view)
+        elif self.view.kind == "deployments":
+            page = listing.deployments_page(self.view)
+            data["deployments"] = _deployments(page.object_list)
+            data["pager"] = listing.page_info(page, self.view)
+        else:
+            data["nodes"] = _nodes(listing.overview_nodes())
+            data["deployments"] = _deployments(listing.overview_deployments())
+            data["events"] = EventSerializer(
+                Event.objects.select_related("namespace")[:CLUSTER_EVENTS], many=True
             ).data
-            replicas = node.replicas.select_related("namespace", "deployment").order_by(
-                "namespace__name", "name"
-            )
-            data["node_replicas"] = [
+        return data
+
+    def _node_snapshot(self):
+        node = Node.objects.filter(name=self.node_name).first()
+        if node is None:
+            return {"type": "cluster", "node": None}  # removed: the page goes back to the list
+        replicas = node.replicas.select_related("namespace", "deployment").order_by("namespace__name", "name")
+        return {
+            "type": "cluster",
+            "node": NodeSerializer(node).data,
+            "node_events": EventSerializer(
+                Event.objects.filter(kind="Node", object_uid=node.uid)[:20], many=True
+            ).data,
+            "node_replicas": [
                 {
                     "namespace": r.namespace.name,
                     "deployment": r.deployment.name,
@@ -140,22 +169,25 @@ class ClusterConsumer(SnapshotConsumer):
                     "message": r.message,
                 }
                 for r in replicas
-            ]
-        return data
-
-    def _cluster(self):
-        deployments = Deployment.live.select_related("namespace")
-        return {
-            "type": "cluster",
-            "nodes": NodeSerializer(Node.objects.all(), many=True).data,
-            "deployments": [
-                {
-                    "namespace": d.namespace.name,
-                    "name": d.name,
-                    "image": d.image,
-                    "replicas": d.replicas,
-                    "ready_replicas": d.ready_replicas,
-                }
-                for d in deployments
             ],
         }
+
+
+VIEWS = ("overview", "nodes", "deployments")
+
+
+def _nodes(nodes) -> list:
+    return NodeSerializer(nodes, many=True).data
+
+
+def _deployments(deployments) -> list[dict]:
+    return [
+        {
+            "namespace": d.namespace.name,
+            "name": d.name,
+            "image": d.image,
+            "replicas": d.replicas,
+            "ready_replicas": d.ready_replicas,
+        }
+        for d in deployments
+    ]

@@ -38,24 +38,28 @@
   const labelCodes = (labels) => Object.entries(labels).flatMap(([k, v]) => [el("code", { text: k + "=" + v }), document.createTextNode(" ")]);
   const show = (id, visible) => { const n = document.getElementById(id); if (n) n.style.display = visible ? "" : "none"; };
 
+  // A cluster snapshot carries what its page lists (web/listing.py): a page of nodes or
+  // deployments (with `pager`), the overview's few of each, or one node (the node page).
   function renderCluster(msg) {
-    fillTable("nodes-table", msg.nodes.map((n) => el("tr", { "data-node": n.name }, [
+    if (msg.nodes) fillTable("nodes-table", msg.nodes.map((n) => el("tr", { "data-node": n.name }, [
       el("td", {}, [el("a", { href: nodeHref(n.name), text: n.name })]),
       el("td", {}, [el("span", { class: "badge " + n.status, text: n.status, title: n.status_message }),
         ...(n.unschedulable ? [document.createTextNode(" "), cordonedBadge()] : [])]),
       td(n.capacity.cpu + "m"), td(formatBytes(n.capacity.memory)), td(n.engine_version),
       el("td", {}, labelCodes(n.labels)),
-    ])), "No nodes yet.", 6);
-    if (body.dataset.node) renderNode(msg.nodes.find((n) => n.name === body.dataset.node));
-    fillTable("deployments-table", msg.deployments.map((d) => el("tr", { "data-deployment": d.namespace + "/" + d.name }, [
+    ])), "No nodes.", 6);
+    if (body.dataset.node && "node" in msg) renderNode(msg.node);
+    if (msg.deployments) fillTable("deployments-table", msg.deployments.map((d) => el("tr", { "data-deployment": d.namespace + "/" + d.name }, [
       td(d.namespace),
       el("td", {}, [el("a", { href: "/namespaces/" + encodeURIComponent(d.namespace) + "/deployments/" + encodeURIComponent(d.name) + "/", text: d.name })]),
       el("td", {}, [el("code", { text: d.image })]), td(d.ready_replicas + "/" + d.replicas),
-    ])), "No deployments yet.", 4);
-    setText("[data-count=nodes]", msg.nodes.length);
-    setText("[data-count=nodes-ready]", msg.nodes.filter((n) => n.status === "Ready").length);
-    setText("[data-count=deployments]", msg.deployments.length);
-    setText("[data-count=replicas-ready]", msg.deployments.reduce((a, d) => a + d.ready_replicas, 0));
+    ])), "No deployments.", 4);
+    for (const [key, value] of Object.entries(msg.counts || {})) setText("[data-count=" + key + "]", value);
+    const range = document.getElementById("pager-range");
+    if (msg.pager && range) {
+      const p = msg.pager, what = range.dataset.what;
+      range.textContent = p.count ? p.first + "–" + p.last + " of " + p.count + " " + what : "no " + what;
+    }
     if (msg.events) renderEvents("cluster-events", msg.events, true);
     if (msg.node_events) renderEvents("node-events", msg.node_events, false);
     if (msg.node_replicas) fillTable("node-replicas", msg.node_replicas.map((r) => el("tr", { "data-replica": r.name }, [
