@@ -8,7 +8,9 @@ times, as a logged-in user:
   and one node's page (Django's test client: the view, the template, the middleware);
 - `cluster_snapshot_ms` and `cluster_snapshot_kib`: one live update of the overview (what
   the /ws/cluster/ consumer builds and sends after every change of state: each deployment's
-  change pokes it), and `node_snapshot_ms`/`_kib` for a node page's socket.
+  change pokes it), `node_snapshot_ms`/`_kib` for a node page's socket, and
+  `deployment_page_ms` and `deployment_snapshot_ms` for the mix's biggest deployment
+  (`biggest_deployment_replicas`).
 
 Each is the median of `--repeat` runs. In the same run, the reference
 `machine_reference_per_s` (benchmarks/scheduler_throughput.py): this machine's speed varies
@@ -77,12 +79,14 @@ def run(args) -> dict:
     call_command("migrate", verbosity=0)
 
     from django.contrib.auth import get_user_model
+    from django.db.models import Count
     from django.test import Client
     from placement_db import create_deployments, create_nodes, place_all
     from scheduler_throughput import deployment_bodies, machine_reference
 
     from nodes.models import Node
-    from web.consumers.browser import ClusterConsumer
+    from orchestrator.models import Deployment
+    from web.consumers.browser import ClusterConsumer, DeploymentConsumer
 
     log(f"creating {args.nodes} nodes and deployments of {args.replicas} replicas")
     create_nodes(args.nodes, args.seed)
@@ -91,6 +95,9 @@ def run(args) -> dict:
     client = Client()
     client.force_login(user)
     node = Node.objects.order_by("name")[args.nodes // 2]
+    biggest = (
+        Deployment.objects.annotate(n=Count("replica_set")).order_by("-n").select_related("namespace")[0]
+    )
 
     def page(url):
         def get():
@@ -107,14 +114,34 @@ def run(args) -> dict:
         consumer.authorise(user)
         return lambda: json.dumps(consumer.snapshot())
 
+    def deployment_snapshot():
+        consumer = DeploymentConsumer()
+        kwargs = {"namespace": biggest.namespace.name, "name": biggest.name}
+        consumer.scope = {"user": user, "url_route": {"kwargs": kwargs}}
+        consumer.authorise(user)
+        return lambda: json.dumps(consumer.snapshot())
+
     result: dict = {"nodes": args.nodes, "replicas": args.replicas}
     result["machine_reference_per_s"] = machine_reference()
     log("timing")
-    for name, url in (("overview", "/"), ("nodes_page", "/nodes/"), ("node_page", f"/nodes/{node.name}/")):
+    deployment_url = f"/namespaces/{biggest.namespace.name}/deployments/{biggest.name}/"
+    result["biggest_deployment_replicas"] = biggest.n
+    pages = (
+        ("overview", "/"),
+        ("nodes_page", "/nodes/"),
+        ("node_page", f"/nodes/{node.name}/"),
+        ("deployment_page", deployment_url),
+    )
+    for name, url in pages:
         result[f"{name}_ms"], body = timed(page(url), args.repeat)
         result[f"{name}_kib"] = round(len(body) / 1024, 1)
-    for name, query in (("cluster_snapshot", ""), ("node_snapshot", f"node={node.name}")):
-        result[f"{name}_ms"], sent = timed(snapshot(query), args.repeat)
+    updates = (
+        ("cluster_snapshot", snapshot("view=overview")),
+        ("node_snapshot", snapshot(f"node={node.name}")),
+        ("deployment_snapshot", deployment_snapshot()),
+    )
+    for name, build in updates:
+        result[f"{name}_ms"], sent = timed(build, args.repeat)
         result[f"{name}_kib"] = round(len(sent.encode()) / 1024, 1)
     return result
 

@@ -4,7 +4,8 @@ At thousands of nodes a page listing every node (and a live update resending the
 each change) cost seconds of the web process and megabytes per browser
 (benchmarks/dashboard_scale.py). So the lists are pages of PAGE_SIZE rows, with a name
 filter, as Portainer's and the Kubernetes dashboard's are; the overview shows the nodes
-that need attention first (NotReady, then cordoned), a few of each list, and counts.
+that need attention first (NotReady, then cordoned), a few of each list, and counts. A
+deployment's replicas are paged the same way (a deployment may have 10,000).
 """
 
 from __future__ import annotations
@@ -78,6 +79,22 @@ def deployments_page(view: View) -> Page:
     if view.q:
         deployments = deployments.filter(name__icontains=view.q)
     return Paginator(deployments, PAGE_SIZE).get_page(view.page)
+
+
+def replicas_page(deployment: Deployment, view: View) -> Page:
+    """A deployment's replicas, oldest first (a deployment may have 10,000)."""
+    replicas = deployment.replica_set.select_related("node", "namespace", "deployment").order_by(
+        "created_at", "name"
+    )
+    if view.q:
+        replicas = replicas.filter(name__icontains=view.q)
+    return Paginator(replicas, PAGE_SIZE).get_page(view.page)
+
+
+def old_replicas(deployment: Deployment, current_hash: str) -> int:
+    """Its active replicas of an older revision (a rollout's "old"), counted by PostgreSQL."""
+    active = deployment.replica_set.filter(phase__in=Replica.ACTIVE)
+    return active.exclude(revision=current_hash).count()
 
 
 def overview_nodes() -> list[Node]:

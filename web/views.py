@@ -255,7 +255,8 @@ def _flatten(errors) -> dict[str, list[str]]:
 @login_required
 def deployment_detail(request, namespace, name):
     deployment = get_deployment_or_404(namespace, name)
-    replicas = deployment.replica_set.select_related("node").order_by("created_at", "name")
+    view = listing.View.parse("replicas", request.GET)
+    page = listing.replicas_page(deployment, view)
     command_line = shlex.join(deployment.command) if deployment.command else ""
     current_hash = deployment.revision()
     return render(
@@ -263,10 +264,12 @@ def deployment_detail(request, namespace, name):
         "deployments/detail.html",
         {
             "deployment": deployment,
-            "replicas": replicas,
+            "replicas": page.object_list,
+            "pager": listing.page_info(page, view),
+            "ws_query": view.query(page.number),
             "revisions": revision_rows(deployment),
             "current_hash": current_hash,
-            "old_replicas": sum(1 for r in replicas if r.is_active and r.revision != current_hash),
+            "old_replicas": listing.old_replicas(deployment, current_hash),
             "strategy_text": strategy_text(deployment),
             "command_line": command_line,
             "cpu": format_cpu(deployment.cpu_request),

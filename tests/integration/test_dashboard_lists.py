@@ -116,3 +116,53 @@ def test_a_burst_of_changes_reaches_a_viewer_as_one_snapshot_a_second(user, monk
     waited, quiet = run(scenario)
     assert waited >= 0.45  # the interval after the last snapshot, not at once
     assert quiet  # the ten changes folded into that one snapshot
+
+
+@pytest.fixture
+def big_deployment(db):
+    """A deployment of 150 replicas, the first 60 of its current revision, the rest older."""
+    from orchestrator import services
+    from orchestrator.models import Namespace, Replica
+
+    deployment = services.do_create_deployment(
+        Namespace.objects.get(name="default"), {"name": "web", "image": "busybox:1", "replicas": 150}, None
+    )
+    current = deployment.revision()
+    Replica.objects.bulk_create(
+        Replica(
+            namespace=deployment.namespace,
+            deployment=deployment,
+            name=f"web-{i:03d}",
+            phase=Replica.Phase.RUNNING,
+            revision=current if i < 60 else "older",
+            template={},
+        )
+        for i in range(150)
+    )
+    return deployment
+
+
+def replica_rows(html: str) -> list[str]:
+    return re.findall(r'<tr data-replica="([^"]+)"', html)
+
+
+def test_a_deployments_replicas_are_paged_and_its_socket_carries_the_page(
+    browser, user, big_deployment, django_assert_max_num_queries
+):
+    page = browser.get("/namespaces/default/deployments/web/").content.decode()
+    assert replica_rows(page) == [f"web-{i:03d}" for i in range(100)]
+    assert "1\u2013100 of 150 replicas" in page
+    assert '<span id="rollout-old">90</span>' in page  # counted over all of them, not the page
+    second = browser.get("/namespaces/default/deployments/web/?page=2").content.decode()
+    assert replica_rows(second) == [f"web-{i:03d}" for i in range(100, 150)]
+    assert 'data-ws="/ws/namespaces/default/deployments/web/?page=2"' in second
+
+    consumer = browser_consumers.DeploymentConsumer()
+    kwargs = {"namespace": "default", "name": "web"}
+    consumer.scope = {"user": user, "url_route": {"kwargs": kwargs}, "query_string": b"page=2&replica=web-007"}
+    consumer.authorise(user)
+    with django_assert_max_num_queries(12):  # not one per replica
+        snapshot = consumer.snapshot()
+    assert [r["name"] for r in snapshot["replicas"]] == [f"web-{i:03d}" for i in range(100, 150)]
+    assert snapshot["old_replicas"] == 90 and snapshot["pager"]["count"] == 150
+    assert snapshot["replica"]["name"] == "web-007"  # the replica page's own, wherever it is

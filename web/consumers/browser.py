@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.db.models import Q
 
 from nodes.models import Node
 from orchestrator.broadcast import CLUSTER_GROUP, deployment_group
@@ -87,7 +88,8 @@ class SnapshotConsumer(AsyncJsonWebsocketConsumer):
 
 
 class DeploymentConsumer(SnapshotConsumer):
-    """/ws/namespaces/{ns}/deployments/{name}/: the deployment, its replicas, its events."""
+    """/ws/namespaces/{ns}/deployments/{name}/[?page=N&q=...]: the deployment, a page of its
+    replicas (web/listing.py), its events; `?replica=NAME` adds that replica (its page)."""
 
     def authorise(self, user):
         kwargs = self.scope["url_route"]["kwargs"]
@@ -99,23 +101,33 @@ class DeploymentConsumer(SnapshotConsumer):
         if deployment is None or not can_view_namespace(user, deployment.namespace):
             return None
         self.deployment_id = deployment.pk
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.view = listing.View.parse("replicas", query)
+        self.replica_name = (query.get("replica") or [""])[0]
         return deployment_group(deployment.pk)
 
     def snapshot(self):
         deployment = Deployment.live.select_related("namespace").filter(pk=self.deployment_id).first()
         if deployment is None:
             return {"type": "deleted"}
-        replicas = deployment.replica_set.select_related("node", "deployment").order_by("created_at", "name")
-        events = deployment.namespace.event_set.filter(
-            object_uid__in=[deployment.uid, *[r.uid for r in replicas]]
-        )[:20]
-        return {
+        page = listing.replicas_page(deployment, self.view)
+        replicas = list(page.object_list)
+        own = Q(object_uid=deployment.uid) | Q(object_uid__in=deployment.replica_set.values("uid"))
+        events = deployment.namespace.event_set.filter(own)[:20]
+        data = {
             "type": "deployment",
             "deployment": DeploymentSerializer(deployment).data,
             "replicas": ReplicaSerializer(replicas, many=True).data,
+            "pager": listing.page_info(page, self.view),
+            "old_replicas": listing.old_replicas(deployment, deployment.revision()),
             "revisions": revision_rows(deployment),
             "events": EventSerializer(events, many=True).data,
         }
+        if self.replica_name:
+            replica = deployment.replica_set.select_related("node", "namespace", "deployment")
+            found = replica.filter(name=self.replica_name).first()
+            data["replica"] = ReplicaSerializer(found).data if found is not None else None
+        return data
 
 
 class ClusterConsumer(SnapshotConsumer):

@@ -55,11 +55,7 @@
       el("td", {}, [el("code", { text: d.image })]), td(d.ready_replicas + "/" + d.replicas),
     ])), "No deployments.", 4);
     for (const [key, value] of Object.entries(msg.counts || {})) setText("[data-count=" + key + "]", value);
-    const range = document.getElementById("pager-range");
-    if (msg.pager && range) {
-      const p = msg.pager, what = range.dataset.what;
-      range.textContent = p.count ? p.first + "–" + p.last + " of " + p.count + " " + what : "no " + what;
-    }
+    renderPager(msg.pager);
     if (msg.events) renderEvents("cluster-events", msg.events, true);
     if (msg.node_events) renderEvents("node-events", msg.node_events, false);
     if (msg.node_replicas) fillTable("node-replicas", msg.node_replicas.map((r) => el("tr", { "data-replica": r.name }, [
@@ -67,6 +63,14 @@
       el("td", {}, [el("a", { href: "/namespaces/" + encodeURIComponent(r.namespace) + "/deployments/" + encodeURIComponent(r.deployment) + "/", text: r.namespace + "/" + r.deployment })]),
       badge(r.phase), td(r.message, { class: "muted" }),
     ])), "No replicas on this node.", 4);
+  }
+
+  // A list's "1–100 of 250 nodes" (templates/_pager.html), as the page's rows change.
+  function renderPager(p) {
+    const range = document.getElementById("pager-range");
+    if (!p || !range) return;
+    const what = range.dataset.what;
+    range.textContent = p.count ? p.first + "–" + p.last + " of " + p.count + " " + what : "no " + what;
   }
 
   // An events feed (newest first): type, reason, object, message, count, time.
@@ -128,8 +132,7 @@
     const numberOf = {};
     revisions.forEach((rev) => { if (!(rev.hash in numberOf) || rev.current) numberOf[rev.hash] = rev.revision; });
     const current = revisions.find((rev) => rev.current);
-    const active = msg.replicas.filter((r) => r.phase !== "Terminating");
-    const old = active.filter((r) => !current || r.revision !== current.hash).length;
+    const old = msg.old_replicas;  // counted over all its replicas, not the page shown
     setText("#rollout-revision", d.status.revision);
     setText("#rollout-updated", d.status.updated_replicas);
     setText("#rollout-available", d.status.available_replicas);
@@ -165,7 +168,8 @@
         ])]),
       ])), "No revisions.", 6);
     }
-    if (body.dataset.replica) renderReplica(msg.replicas.find((r) => r.name === body.dataset.replica));
+    if (body.dataset.replica && "replica" in msg) renderReplica(msg.replica);
+    renderPager(msg.pager);
     const events = document.getElementById("events");
     if (events) events.replaceChildren(...msg.events.map((e) => el("li", { class: e.type }, [
       el("time", { text: new Date(e.last_seen).toLocaleTimeString() }), document.createTextNode(" "),
