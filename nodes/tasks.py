@@ -4,7 +4,9 @@ import logging
 
 from celery import shared_task
 
+from nodes import heartbeats
 from nodes.controllers.monitor import monitor_nodes as _monitor_nodes
+from orchestrator import liveness
 from orchestrator.tasks import DATABASE_ERRORS, REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -14,6 +16,7 @@ log = logging.getLogger(__name__)
 def monitor_nodes() -> None:
     try:
         _monitor_nodes()
+        liveness.monitor_ran(heartbeats._client())
     except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
         # PostgreSQL or Redis restarting: no node is judged meanwhile; the next pass (a
         # second or so later) looks again.

@@ -15,6 +15,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from nodes.models import Node
+from orchestrator import liveness
 from orchestrator.controllers.deployment import AGAIN_NOW, Effects
 from orchestrator.controllers.deployment import reconcile_deployment as _reconcile_deployment
 from orchestrator.dispatch import dispatch_nodes
@@ -122,6 +123,8 @@ _REFRESH = (
 def _queue_batch(marks, *, force: bool = False) -> None:
     token = uuid.uuid4().hex
     if marks.set(_BATCH_QUEUED, token, nx=not force, ex=BATCH_MARK_SECONDS):
+        # Before the task goes out, which a scheduler may start at once: it clears this.
+        liveness.batch_queued(marks)  # until a batch starts (the health check's "stalled")
         try:
             reconcile_pending.delay(token)
         except REDIS_ERRORS:
@@ -143,6 +146,7 @@ def reconcile_pending(token: str | None = None) -> None:
     More waiting than a batch: the next batch task is queued as this one ends. `token`:
     the mark's, set when this task was queued (see _RELEASE)."""
     marks = _queued_marks()
+    liveness.batch_started(marks)
     if token is None:  # queued by a version before tokens (or called directly): it takes the mark
         token = uuid.uuid4().hex
         marks.set(_BATCH_QUEUED, token, ex=BATCH_MARK_SECONDS)

@@ -15,6 +15,7 @@ from orchestrator.models import Event, Namespace
 from orchestrator.quantities import format_cpu, format_memory
 from web import listing
 from web.api.deployments import MAX_REPLICAS, DeploymentSerializer, get_deployment_or_404
+from web.api.health import background_health, problems
 from web.api.nodes import NodeSerializer
 from web.api.rollouts import revision_rows, strategy_text
 from web.consumers.browser import CLUSTER_EVENTS
@@ -34,6 +35,7 @@ def overview(request):
             "rows": listing.OVERVIEW_ROWS,
             "events": Event.objects.all()[:CLUSTER_EVENTS],
             "ws": "/ws/cluster/?view=overview",
+            "problems": problems(background_health()),
         },
     )
 

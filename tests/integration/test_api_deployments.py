@@ -200,8 +200,3 @@ def test_openapi_schema_and_docs_are_served(api, client):
     assert schema.status_code == 200
     assert b"/api/v1/namespaces/{namespace}/deployments/" in schema.content
     assert client.get("/api/docs/").status_code == 200
-
-
-def test_health_needs_no_auth(client, db):
-    response = client.get("/api/v1/health")
-    assert response.status_code == 200 and response.json()["status"] == "ok"

@@ -159,7 +159,8 @@ def test_a_deployments_replicas_are_paged_and_its_socket_carries_the_page(
 
     consumer = browser_consumers.DeploymentConsumer()
     kwargs = {"namespace": "default", "name": "web"}
-    consumer.scope = {"user": user, "url_route": {"kwargs": kwargs}, "query_string": b"page=2&replica=web-007"}
+    query = b"page=2&replica=web-007"
+    consumer.scope = {"user": user, "url_route": {"kwargs": kwargs}, "query_string": query}
     consumer.authorise(user)
     with django_assert_max_num_queries(12):  # not one per replica
         snapshot = consumer.snapshot()
