@@ -26,8 +26,8 @@ MAX_FILTER = 63  # the longest name there is
 
 @dataclass(frozen=True)
 class View:
-    """Which list a page shows: `kind` is "overview", "nodes" or "deployments"; `page` counts
-    from 1; `q` filters by name (a part of it, any case)."""
+    """Which list a page shows: `kind` is "overview", "nodes", "deployments" or "replicas"
+    (a deployment's); `page` counts from 1; `q` filters by name (a part of it, any case)."""
 
     kind: str = "overview"
     page: int = 1

@@ -14,7 +14,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def clean_marks():
-    keys = (liveness.BATCH_QUEUED_AT, liveness.MONITOR_RAN_AT, tasks._BATCH_QUEUED, tasks._PENDING)
+    keys = (
+        liveness.BATCH_QUEUED_AT,
+        liveness.MONITOR_RAN_AT,
+        tasks._BATCH_QUEUED,
+        tasks._PENDING,
+        tasks._BACKGROUND,
+    )
     tasks._queued_marks().delete(*keys)
     yield
     tasks._queued_marks().delete(*keys)
