@@ -21,7 +21,6 @@ by phases.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -43,21 +42,11 @@ def log(message: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=5000)
-    parser.add_argument("--replicas", type=int, default=10000)
-    parser.add_argument("--seed", type=int, default=1)
+    from placement_db import fleet_arguments, print_run
+
+    parser = fleet_arguments(__doc__)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-
-    from tests.harness.plugin import start_services
-
-    services = start_services()
-    try:
-        result = run(args)
-    finally:
-        services.stop()
-    print(json.dumps(result))
+    print_run(run, parser.parse_args())
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:

@@ -32,22 +32,32 @@ def log(message: str) -> None:
     print(f"[placement_db] {message}", file=sys.stderr, flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fleet_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that build a fleet in process (this one's, and those of
+    report_apply.py and dashboard_scale.py): --nodes, --replicas, --seed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--replicas", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--profile", help="write a cProfile of the reconcile batches here")
-    args = parser.parse_args()
+    return parser
 
+
+def print_run(run, *args) -> None:
+    """`run(*args)` against a private PostgreSQL and Redis; its result as one JSON line."""
     from tests.harness.plugin import start_services
 
     services = start_services()
     try:
-        result = run(args)
+        result = run(*args)
     finally:
         services.stop()
     print(json.dumps(result))
+
+
+def main() -> None:
+    parser = fleet_arguments(__doc__)
+    parser.add_argument("--profile", help="write a cProfile of the reconcile batches here")
+    print_run(run, parser.parse_args())
 
 
 def run(args) -> dict:

@@ -19,7 +19,6 @@ node at a time, as an idle web process applies them).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -38,11 +37,10 @@ def log(message: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=5000)
-    parser.add_argument("--replicas", type=int, default=10000)
+    from placement_db import fleet_arguments
+
+    parser = fleet_arguments(__doc__)
     parser.add_argument("--batch", type=int, default=60, help="node reports applied together")
-    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
     from tests.harness.plugin import start_services

@@ -12,6 +12,13 @@ def user(db):
 
 
 @pytest.fixture
+def browser(client, user):
+    """The dashboard's test client, logged in."""
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
 def token(user):
     return do_create_api_token(user, "tests")[1]
 

@@ -19,12 +19,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def browser(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def fleet(db):
     """250 Ready nodes, n000 to n249."""
     Node.objects.bulk_create(

@@ -7,12 +7,6 @@ from orchestrator.models import Event, Namespace, Replica
 
 
 @pytest.fixture
-def browser(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def node(ready_nodes):
     (node,) = ready_nodes("h1")
     Node.objects.filter(pk=node.pk).update(agent_labels={"zone": "a"})
