@@ -25,6 +25,11 @@ def _schedule_loops(sender, **kwargs):
     sender.add_periodic_task(
         settings.RESYNC_INTERVAL_SECONDS, sender.signature("orchestrator.resync"), name="resync"
     )
+    sender.add_periodic_task(
+        settings.EVENT_PRUNE_INTERVAL_SECONDS,
+        sender.signature("orchestrator.prune_events"),
+        name="prune events",
+    )
 
 
 @worker_ready.connect

@@ -231,6 +231,11 @@ NODE_MONITOR_INTERVAL_SECONDS = _env_float(
     "BERTH_NODE_MONITOR_INTERVAL_SECONDS", min(max(NODE_GRACE_SECONDS / 10, 1.0), 5.0), minimum=0.2
 )
 RESYNC_INTERVAL_SECONDS = _env_float("BERTH_RESYNC_INTERVAL_SECONDS", 30.0, minimum=1.0)
+# Events not seen again for this long are deleted (Kubernetes keeps them an hour, with
+# --event-ttl); a day here, so that yesterday's "who scaled it" is still on the page.
+EVENT_TTL_SECONDS = _env_float("BERTH_EVENT_TTL_SECONDS", 24 * 3600.0, minimum=60.0)
+# How often the old events are pruned: a tenth of the TTL, at most every 10 minutes.
+EVENT_PRUNE_INTERVAL_SECONDS = min(EVENT_TTL_SECONDS / 10, 600.0)
 # Agents joining one web process at a time (handshake to full desired set sent); the
 # others are told to come back shortly (HTTP 503), their knock counting as a heartbeat
 # (web/consumers/admission.py). Enough to keep its database threads busy.

@@ -1,7 +1,9 @@
-"""Recording events: repeated identical events fold into one row with a count."""
+"""Recording events: repeated identical events fold into one row with a count; events
+not seen again for `settings.EVENT_TTL_SECONDS` are deleted (prune_events)."""
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -44,3 +46,27 @@ def record_event(obj, reason: str, message: str, *, warning: bool = False, actor
                 "since": now - FOLD_WINDOW,
             },
         )
+
+
+# Rows deleted per statement: each DELETE holds its row locks briefly, so recording events
+# (which may fold into a row being pruned) never waits long.
+PRUNE_BATCH = 5000
+_PRUNE = (
+    f"DELETE FROM {_TABLE} WHERE id IN (SELECT id FROM {_TABLE} WHERE last_seen < %(cutoff)s "  # noqa: S608
+    "LIMIT %(batch)s)"
+)
+
+
+def prune_events(*, now=None, ttl_seconds: float | None = None, batch: int = PRUNE_BATCH) -> int:
+    """Delete the events last seen more than the TTL ago (Kubernetes' --event-ttl); return
+    how many. An event that keeps happening keeps its row: folding moves its last_seen."""
+    now = now or timezone.now()
+    ttl = settings.EVENT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+    params = {"cutoff": now - timedelta(seconds=ttl), "batch": batch}
+    deleted = 0
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(_PRUNE, params)
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch:
+                return deleted

@@ -15,7 +15,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
 from nodes.models import Node
-from orchestrator import liveness
+from orchestrator import events, liveness
 from orchestrator.controllers.deployment import AGAIN_NOW, Effects
 from orchestrator.controllers.deployment import reconcile_deployment as _reconcile_deployment
 from orchestrator.dispatch import dispatch_nodes
@@ -276,3 +276,17 @@ def resync(after_redis_loss: bool = False) -> None:
             dispatch_nodes(stale)
     except (*DATABASE_ERRORS, *REDIS_ERRORS) as exc:
         log.warning("resync skipped (the next one runs in %g s): %s", settings.RESYNC_INTERVAL_SECONDS, exc)
+
+
+@shared_task(name="orchestrator.prune_events", ignore_result=True, expires=60)
+def prune_events() -> None:
+    """Delete the events older than BERTH_EVENT_TTL_SECONDS (orchestrator.events.prune_events)."""
+    try:
+        deleted = events.prune_events()
+    except DATABASE_ERRORS as exc:
+        log.warning(
+            "events not pruned (the next try runs in %g s): %s", settings.EVENT_PRUNE_INTERVAL_SECONDS, exc
+        )
+        return
+    if deleted:
+        log.info("pruned %d event(s) not seen for %g s", deleted, settings.EVENT_TTL_SECONDS)
