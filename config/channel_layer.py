@@ -35,11 +35,14 @@ import collections
 import logging
 import time
 
+import redis.asyncio as aioredis
 from channels_redis.core import RedisChannelLayer
 
 RECEIVE_BATCH = 100
 # Messages added per script call: a call blocks Redis while it runs, so it stays short.
 SEND_CHUNK = 500
+# A call finding every connection of the pool in use waits this long for one, then fails.
+POOL_WAIT = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,16 @@ class BatchedRedisChannelLayer(RedisChannelLayer):
         self._fetching: dict[str, asyncio.Future] = {}
         # One per event loop receiving; removed when its pump ends with nobody receiving.
         self._inboxes: dict[asyncio.AbstractEventLoop, _Inbox] = {}
+
+    def create_pool(self, index):
+        # channels_redis's pool raises "Too many connections" once `max_connections` calls are
+        # in flight: thousands of agents leaving at once (a network blip) then failed to
+        # clean up their sessions. This one makes a call wait for a free connection instead
+        # (at most POOL_WAIT seconds; then it fails as before).
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        return aioredis.BlockingConnectionPool.from_url(host.pop("address"), timeout=POOL_WAIT, **host)
 
     async def receive(self, channel):
         if "!" not in channel:  # a named channel shared between processes: as channels_redis

@@ -240,3 +240,23 @@ def test_one_failed_fetch_is_tried_again_and_a_message_that_cannot_be_decoded_is
 
     assert async_to_sync(scenario)() == {"type": "x", "n": 1}
     assert "could not be decoded" in caplog.text
+
+
+def test_a_burst_of_more_calls_than_connections_waits_for_a_free_one():
+    # Thousands of agents leaving at once (a web process's network blips) each discard their
+    # group: with more calls in flight than the pool has connections, channels_redis's pool
+    # raised "Too many connections" and the sessions were not cleaned up.
+    config = dict(settings.CHANNEL_LAYERS["default"]["CONFIG"])
+    config["hosts"] = [{**config["hosts"][0], "max_connections": 4}]
+
+    async def scenario():
+        channel_layer = BatchedRedisChannelLayer(**config)
+        names = [f"test-burst-{n}" for n in range(60)]
+        channel = await channel_layer.new_channel()
+        await asyncio.gather(*(channel_layer.group_add(name, channel) for name in names))
+        await asyncio.gather(*(channel_layer.group_discard(name, channel) for name in names))
+        pool = channel_layer.connection(0).connection_pool
+        await channel_layer.flush()
+        return pool.max_connections
+
+    assert async_to_sync(scenario)() == 4

@@ -85,4 +85,5 @@ def test_beat_prunes_events_periodically():
     app.finalize()
     entry = app.conf.beat_schedule["prune events"]
     assert entry["task"] == "orchestrator.prune_events"
-    assert entry["schedule"] == django_settings.EVENT_PRUNE_INTERVAL_SECONDS == 600.0  # a day's TTL / 10, capped
+    # A day's TTL / 10, capped at 10 minutes.
+    assert entry["schedule"] == django_settings.EVENT_PRUNE_INTERVAL_SECONDS == 600.0
