@@ -13,6 +13,8 @@ max 426 to 462 ms; p90 stayed about 215 to 270 ms, the whole machine's CPU being
 
 Here the chain is loaded in sync mode and run by one `sync_to_async` call, in the request's
 thread (Django's thread-sensitive context: the same thread the chain's hooks ran in before).
+Each request has a context, so a thread, of its own: requests run side by side, and one
+waiting on a row lock does not hold up the others (tests/integration/test_http_handler.py).
 Reading the body and sending the response stay on the loop, so a streamed response whose
 content is an async iterator (the log streams) is still iterated there, holding no thread.
 """

@@ -1,12 +1,16 @@
 """web/http_handler.py: an HTTP request crosses between the event loop and a thread a fixed,
-small number of times, whatever the middleware, and the middleware still does its work."""
+small number of times, whatever the middleware, and the middleware still does its work;
+requests run side by side."""
 
 import asyncio
+import gc
 import json
 
+import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import HttpCommunicator
+from django.conf import settings
 
 from config.asgi import application
 from orchestrator.models import Deployment
@@ -83,3 +87,56 @@ def test_the_middleware_still_guards_and_answers(user):
     assert headers[b"location"].startswith(b"/login/")
     assert headers[b"x-frame-options"] == b"DENY"
     assert trips <= MAX_TRIPS
+
+
+def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
+    # A PATCH waits for a deployment's row lock (held here as a scheduler's pass would
+    # hold it); meanwhile another request of the same process is answered. On Django's
+    # single thread-sensitive thread the second one queued behind the first.
+    Deployment.objects.all().delete()
+    body = json.dumps({"name": "web", "image": "nginx:1.27", "replicas": 1}).encode()
+    auth = [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]
+    assert serve("POST", "/api/v1/namespaces/default/deployments/", body, auth)[0]["status"] == 201
+    url = settings.DATABASES["default"]
+
+    def connect():
+        return psycopg.connect(
+            host=url["HOST"], port=url["PORT"], dbname=url["NAME"], user=url["USER"], password=url["PASSWORD"]
+        )
+
+    holder = connect()
+
+    def request(method, path, payload=b""):
+        headers = [(b"host", b"localhost"), (b"content-length", str(len(payload)).encode()), *auth]
+        return HttpCommunicator(application, method, path, body=payload, headers=headers)
+
+    async def scenario():
+        holder.execute("SELECT 1 FROM orchestrator_deployment WHERE name = 'web' FOR UPDATE")
+        patch = asyncio.ensure_future(
+            request("PATCH", "/api/v1/namespaces/default/deployments/web/", b'{"replicas": 3}').get_response(
+                30
+            )
+        )
+        while not await asyncio.to_thread(lock_waiters):  # the PATCH is waiting for the lock
+            await asyncio.sleep(0.02)
+        listing = await request("GET", "/api/v1/namespaces/default/deployments/").get_response(10)
+        still_waiting = not patch.done()
+        holder.rollback()  # the lock goes: the PATCH goes through
+        return listing, still_waiting, await patch
+
+    def lock_waiters() -> int:
+        with connect() as probe:
+            return probe.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                [url["NAME"]],
+            ).fetchone()[0]
+
+    try:
+        listing, still_waiting, patched = async_to_sync(scenario)()
+    finally:
+        holder.close()
+        gc.collect()  # the requests' threads are gone: their connections close with them
+    assert listing["status"] == 200 and json.loads(listing["body"])["count"] == 1
+    assert still_waiting
+    assert patched["status"] == 200, patched["body"][:500]
+    assert Deployment.live.get(name="web").replicas == 3
