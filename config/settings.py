@@ -164,8 +164,9 @@ CHANNEL_LAYERS = {
         "BACKEND": "config.channel_layer.BatchedRedisChannelLayer",
         # The socket timeout must outlast channels_redis's 5 s blocking reads, or every idle
         # WebSocket is dropped after 5 s (redis-py's default timeout is also 5 s).
-        # redis-py's pools raise past 100 connections rather than wait: thousands of agents
-        # joining groups at once need more.
+        # At most `max_connections` Redis calls of a process are in flight; more wait for a
+        # free connection (config/channel_layer.py: POOL_WAIT), as thousands of agents joining
+        # or leaving their groups at once do.
         # The capacity bounds a whole web process's inbox, not one consumer's: channels_redis
         # keeps one Redis key per process for all its consumers, and drops (with only an INFO
         # line) what arrives past the bound. A dispatch to thousands of nodes puts one frame
