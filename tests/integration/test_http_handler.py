@@ -117,8 +117,10 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
                 30
             )
         )
-        while not await asyncio.to_thread(lock_waiters):  # the PATCH is waiting for the lock
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):  # until the PATCH waits for the lock
+            while not await asyncio.to_thread(lock_waiters):
+                assert not patch.done(), "the PATCH did not wait for the row lock"
+                await asyncio.sleep(0.02)
         listing = await request("GET", "/api/v1/namespaces/default/deployments/").get_response(10)
         still_waiting = not patch.done()
         holder.rollback()  # the lock goes: the PATCH goes through
