@@ -24,6 +24,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MAX_TRIPS = 3
 
 
+def communicator(method: str, path: str, body: bytes = b"", headers=()) -> HttpCommunicator:
+    """A request to the whole ASGI application."""
+    headers = [(b"host", b"localhost"), (b"content-length", str(len(body)).encode()), *headers]
+    return HttpCommunicator(application, method, path, body=body, headers=headers)
+
+
 def serve(method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, int]:
     """One request through the whole ASGI application; the response and how many times work
     came back to the event loop from a thread meanwhile (call_soon_threadsafe: how a
@@ -41,13 +47,7 @@ def serve(method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, 
 
         loop.call_soon_threadsafe = counting
         try:
-            http = HttpCommunicator(
-                application,
-                method,
-                path,
-                body=body,
-                headers=[(b"host", b"localhost"), (b"content-length", str(len(body)).encode()), *headers],
-            )
+            http = communicator(method, path, body, headers)
             response = await http.get_response(timeout=30)
         finally:
             del loop.call_soon_threadsafe
@@ -106,22 +106,19 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
 
     holder = connect()
 
-    def request(method, path, payload=b""):
-        headers = [(b"host", b"localhost"), (b"content-length", str(len(payload)).encode()), *auth]
-        return HttpCommunicator(application, method, path, body=payload, headers=headers)
-
     async def scenario():
         holder.execute("SELECT 1 FROM orchestrator_deployment WHERE name = 'web' FOR UPDATE")
-        patch = asyncio.ensure_future(
-            request("PATCH", "/api/v1/namespaces/default/deployments/web/", b'{"replicas": 3}').get_response(
-                30
-            )
+        patching = communicator(
+            "PATCH", "/api/v1/namespaces/default/deployments/web/", b'{"replicas": 3}', auth
         )
+        patch = asyncio.ensure_future(patching.get_response(30))
         async with asyncio.timeout(10):  # until the PATCH waits for the lock
             while not await asyncio.to_thread(lock_waiters):
                 assert not patch.done(), "the PATCH did not wait for the row lock"
                 await asyncio.sleep(0.02)
-        listing = await request("GET", "/api/v1/namespaces/default/deployments/").get_response(10)
+        listing = await communicator(
+            "GET", "/api/v1/namespaces/default/deployments/", b"", auth
+        ).get_response(10)
         still_waiting = not patch.done()
         holder.rollback()  # the lock goes: the PATCH goes through
         return listing, still_waiting, await patch
