@@ -99,12 +99,20 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
     assert serve("POST", "/api/v1/namespaces/default/deployments/", body, auth)[0]["status"] == 201
     url = settings.DATABASES["default"]
 
-    def connect():
+    def connect(**options):
         return psycopg.connect(
-            host=url["HOST"], port=url["PORT"], dbname=url["NAME"], user=url["USER"], password=url["PASSWORD"]
-        )
+            host=url["HOST"], port=url["PORT"], dbname=url["NAME"], user=url["USER"],
+            password=url["PASSWORD"], **options,
+        )  # fmt: skip
 
     holder = connect()
+    probe = connect(autocommit=True)  # one connection for every look at the lock's waiters
+
+    def lock_waiters() -> int:
+        return probe.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+            [url["NAME"]],
+        ).fetchone()[0]
 
     async def scenario():
         holder.execute("SELECT 1 FROM orchestrator_deployment WHERE name = 'web' FOR UPDATE")
@@ -123,17 +131,11 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
         holder.rollback()  # the lock goes: the PATCH goes through
         return listing, still_waiting, await patch
 
-    def lock_waiters() -> int:
-        with connect() as probe:
-            return probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
-                [url["NAME"]],
-            ).fetchone()[0]
-
     try:
         listing, still_waiting, patched = async_to_sync(scenario)()
     finally:
         holder.close()
+        probe.close()
         gc.collect()  # the requests' threads are gone: their connections close with them
     assert listing["status"] == 200 and json.loads(listing["body"])["count"] == 1
     assert still_waiting
