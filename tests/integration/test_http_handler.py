@@ -9,8 +9,11 @@ import json
 import psycopg
 import pytest
 from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
 from channels.testing import HttpCommunicator
 from django.conf import settings
+from django.core import signals
+from django.http import StreamingHttpResponse
 
 from config.asgi import application
 from orchestrator.models import Deployment
@@ -18,26 +21,29 @@ from web.http_handler import OneTripASGIHandler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The handler's trips: the request_started signal, the middleware chain with the view, and
-# the response's close. Django's own handler made 16 for the POST below (about one per synchronous
-# middleware hook), each a wait for a turn on a loop that thousands of agents share.
-MAX_TRIPS = 3
+# The handler's one trip: the request_started signal, the middleware chain with the view,
+# and the response's close, together. Django's own handler made 16 for the POST below (about
+# one per synchronous middleware hook), each a wait for a turn on a loop that thousands of
+# agents share.
+MAX_TRIPS = 1
 
 
-def communicator(method: str, path: str, body: bytes = b"", headers=()) -> HttpCommunicator:
+def communicator(method: str, path: str, body: bytes = b"", headers=(), app=application) -> HttpCommunicator:
     """A request to the whole ASGI application."""
     headers = [(b"host", b"localhost"), (b"content-length", str(len(body)).encode()), *headers]
-    return HttpCommunicator(application, method, path, body=body, headers=headers)
+    return HttpCommunicator(app, method, path, body=body, headers=headers)
 
 
 def serve(method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, int]:
     """One request through the whole ASGI application; the response and how many times work
-    came back to the event loop from a thread meanwhile (call_soon_threadsafe: how a
-    sync_to_async call ends, and how a thread hands work to the loop)."""
+    came back to the event loop from a thread before the response was sent whole
+    (call_soon_threadsafe: how a sync_to_async call ends, and how a thread hands work to
+    the loop). What the handler does once the client has its answer is not counted."""
 
     async def scenario():
         loop = asyncio.get_running_loop()
         calls = 0
+        answered = None
         original = loop.call_soon_threadsafe
 
         def counting(*args, **kwargs):
@@ -45,13 +51,22 @@ def serve(method: str, path: str, body: bytes = b"", headers=()) -> tuple[dict, 
             calls += 1
             return original(*args, **kwargs)
 
+        async def counted(scope, receive, send):
+            async def sending(message):
+                nonlocal answered
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    answered = calls
+                await send(message)
+
+            await application(scope, receive, sending)
+
         loop.call_soon_threadsafe = counting
         try:
-            http = communicator(method, path, body, headers)
+            http = communicator(method, path, body, headers, app=counted)
             response = await http.get_response(timeout=30)
         finally:
             del loop.call_soon_threadsafe
-        return response, calls
+        return response, answered
 
     return async_to_sync(scenario)()
 
@@ -141,3 +156,71 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
     assert still_waiting
     assert patched["status"] == 200, patched["body"][:500]
     assert Deployment.live.get(name="web").replicas == 3
+
+
+def test_each_request_starts_and_finishes_once(token):
+    # request_finished (the response's close) gives the database connection back to the
+    # pool: it must run for every response, in the one trip.
+    seen = []
+
+    def started(**kwargs):
+        seen.append("started")
+
+    def finished(**kwargs):
+        seen.append("finished")
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        auth = [(b"authorization", f"Bearer {token}".encode())]
+        response, trips = serve("GET", "/api/v1/namespaces/default/deployments/", b"", auth)
+        assert response["status"] == 200
+        assert serve("GET", "/no-such-page/")[0]["status"] == 404
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+    assert seen == ["started", "finished", "started", "finished"]
+    assert trips <= MAX_TRIPS
+
+
+def test_a_streamed_response_stops_when_the_client_hangs_up():
+    # The log streams: content from an async generator, sent on the loop; a client that
+    # hangs up ends the generator (its agents' streams are closed) and the response is closed.
+    handler = OneTripASGIHandler()
+    ended, closed = [], []
+
+    async def lines():
+        try:
+            while True:
+                yield b"a line\n"
+                await asyncio.sleep(0.01)
+        finally:
+            ended.append(True)
+
+    def get_response(request):
+        response = StreamingHttpResponse(lines(), content_type="text/plain")
+        response._resource_closers.append(lambda: closed.append(True))
+        return response
+
+    handler.get_response = get_response
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/v1/namespaces/default/replicas/x/logs/", "raw_path": b"",
+        "query_string": b"follow=true", "root_path": "", "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+
+    async def scenario():
+        client = ApplicationCommunicator(handler, scope)
+        await client.send_input({"type": "http.request", "body": b""})
+        start = await client.receive_output(10)
+        chunks = [await client.receive_output(10) for _ in range(3)]
+        await client.send_input({"type": "http.disconnect"})
+        await client.wait(10)  # the handler returns: the stream ended
+        return start, chunks
+
+    start, chunks = async_to_sync(scenario)()
+    assert start["type"] == "http.response.start" and start["status"] == 200
+    assert all(c["body"] == b"a line\n" for c in chunks)
+    assert ended == [True]
+    assert closed == [True]
