@@ -5,7 +5,8 @@ agents and no reports competing for the CPU.
 Sets up a private PostgreSQL and Redis, N Ready nodes shaped like the hollow fleet (tainted
 as scheduler_throughput taints them) and the deployments (through the same serializer the
 API uses), then runs the batches as `orchestrator.reconcile_pending` does (same batch size,
-one snapshot scan per batch, desired sets published to the channel layer). Prints one JSON
+one snapshot scan per batch, desired sets published to the channel layer: in production
+the worker does that part, here this process does it too). Prints one JSON
 object: `placements_per_s` (replicas committed with a node per second) and, in the same
 run, the reference `pure_placements_per_s` (the same mix through `schedule()` alone, no
 database: benchmarks/placement_pure.py). `--profile FILE` writes a cProfile of the batches.

@@ -139,10 +139,26 @@ def _release(marks, token: str) -> bool:
     return bool(marks.eval(_RELEASE, 1, _BATCH_QUEUED, token))
 
 
+@shared_task(name="orchestrator.dispatch_nodes", ignore_result=True, **_RETRYING)
+def dispatch_desired_sets(node_ids: list[int]) -> None:
+    """Send these nodes their desired sets. The scheduler's batches hand them to the worker
+    (the `celery` queue), so placing never waits for delivery: reading thousands of nodes'
+    sets and publishing them was an eighth of the scheduler's time while deployments
+    waited behind it (benchmarks/scheduler_throughput.py). A set is read when this runs,
+    so it is the newest; the node's generation orders sets sent from several processes.
+    A task lost on the way (a worker killed) is found by the resync (nodes_to_resend)."""
+    dispatch_nodes(node_ids)
+
+
+def _hand_to_worker(node_ids: list[int]) -> None:
+    dispatch_desired_sets.delay(node_ids)
+
+
 @shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)
 def reconcile_pending(token: str | None = None) -> None:
-    """Reconcile a batch of the requested deployments, in one snapshot scan, sending each
-    touched node its desired set once per DISPATCH_EVERY_SECONDS rather than per pass.
+    """Reconcile a batch of the requested deployments, in one snapshot scan, handing each
+    touched node to the worker to be sent its desired set (dispatch_desired_sets) once per
+    DISPATCH_EVERY_SECONDS rather than per pass.
     More waiting than a batch: the next batch task is queued as this one ends. `token`:
     the mark's, set when this task was queued (see _RELEASE)."""
     marks = _queued_marks()
@@ -170,7 +186,7 @@ def _run_batch(marks, token: str) -> None:
         return
     marks.srem(_BACKGROUND, *ids)  # one pass each, whichever set asked
     taken = sorted(int(pk) for pk in ids)
-    effects = Effects()
+    effects = Effects(send=_hand_to_worker)
     done = 0
     again: list[int] = []  # passes that stopped at the burst limit: they go on in a next batch
     last_dispatch = time.monotonic()

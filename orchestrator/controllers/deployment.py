@@ -16,6 +16,7 @@ import random
 import string
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -91,17 +92,19 @@ class Effects:
     """What passes leave to do once they have committed, gathered over a batch of passes
     (orchestrator.tasks.reconcile_pending): the nodes to send their desired sets, the
     deployments whose viewers to tell. Each node gets one frame per batch, not one per
-    deployment placed onto it."""
+    deployment placed onto it. `send` sends the nodes theirs: dispatch_nodes, here and
+    now, unless given (the scheduler's batches hand them to the worker)."""
 
     nodes: set[int] = field(default_factory=set)
     deployments: set[int] = field(default_factory=set)
+    send: Callable[[list[int]], None] | None = None
 
     def flush(self) -> None:
         nodes, deployments = sorted(self.nodes), sorted(self.deployments)
         self.nodes.clear()
         self.deployments.clear()
         if nodes:
-            dispatch_nodes(nodes)
+            (self.send or dispatch_nodes)(nodes)
         if deployments:
             notify_deployments(deployments)
 

@@ -25,15 +25,15 @@ def queued(monkeypatch):
 
 @pytest.fixture
 def dispatched(monkeypatch):
-    """The node lists each desired-set dispatch of a batch was for (they are still sent)."""
+    """The node lists each desired-set dispatch a batch handed to the worker was for (sent
+    here, at once, as the worker would)."""
     sent: list[list[int]] = []
-    real = controller.dispatch_nodes
 
-    def spy(node_ids):
+    def worker(node_ids):
         sent.append(sorted(node_ids))
-        real(node_ids)
+        tasks.dispatch_desired_sets(node_ids)
 
-    monkeypatch.setattr(controller, "dispatch_nodes", spy)
+    monkeypatch.setattr(tasks.dispatch_desired_sets, "delay", worker)
     return sent
 
 

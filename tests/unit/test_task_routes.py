@@ -58,3 +58,8 @@ def test_docker_compose_runs_a_process_for_every_task_and_one_scheduler():
     assert unserved(set().union(*(consumed(argv) for argv in workers.values()))) == {}
     (scheduler,) = [argv for argv in workers.values() if "scheduling" in consumed(argv)]
     assert scheduler[scheduler.index("--concurrency") + 1] == "1"
+
+
+def test_desired_sets_are_sent_by_the_worker_so_placing_never_waits_for_delivery():
+    assert queue_of("orchestrator.dispatch_nodes") in consumed(commands.worker(sys.executable))
+    assert queue_of("orchestrator.dispatch_nodes") not in consumed(commands.scheduler(sys.executable))
