@@ -16,7 +16,9 @@ request as a whole 60 ms on average, most of the difference spent waiting for th
 So here a response whose content is ready (every one but the log streams) is made in one
 trip: the request_started signal, the chain with the view, and the response's close (the
 request_finished signal: the database connection goes back to the pool) run in the
-request's thread, and the loop only reads the body and sends the answer.
+request's thread, and the loop only reads the body and sends the answer. Over the same
+benchmark's rounds the POSTs' p90 went from 136 to 161 ms to 107 to 122 ms, and the 200
+POSTs of a round took 8.8 to 9.3 s instead of 8.5 to 13 s.
 
 A streamed response whose content is an async iterator (the log streams) is iterated on
 the loop as Django does it, while listening for the client hanging up (which ends the
