@@ -9,6 +9,9 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
 
 - placements_per_s: R / (time from the first POST until every replica has a node_id);
 - all_running_s: time from the first POST until every replica's phase is Running;
+- placed_after_posts_s: how long after the last POST's answer every replica was placed:
+  near 0, the API (the POSTs, one after another by default) set the pace; more, the
+  scheduler did;
 - machine_reference_per_s (and _after_per_s): the reference, a fixed pure-Python workload
   timed just before the POSTs (and after the run), for comparing runs made while the
   machine was in faster or slower phases;
@@ -585,6 +588,7 @@ ROUND_FIGURES = (
     "post_latency_ms",
     "placements_per_s",
     "all_placed_s",
+    "placed_after_posts_s",
     "all_running_s",
     "cpu_s",
     "agents_per_web_process",
@@ -683,6 +687,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
         result["scheduled_span_s"] = round((last - first).total_seconds(), 2)
         result["scheduler_commits_per_s"] = round(args.replicas / (last - first).total_seconds(), 1)
     result["all_placed_s"] = round(placed_s, 2) if placed_s else None
+    result["placed_after_posts_s"] = round(max(0.0, placed_s - (posted - started)), 2) if placed_s else None
     result["all_running_s"] = round(running_s, 2) if running_s else None
     placed, running = db.execute(COUNTS).fetchone()
     if placed < args.replicas:
