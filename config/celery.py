@@ -37,9 +37,13 @@ def _resync_on_start(sender, **kwargs):
     # A worker that starts may replace one that was killed holding tasks: with late
     # acknowledgement they stay reserved in Redis until the visibility timeout (an hour),
     # and the "batch queued" mark (orchestrator.tasks.request_reconciles) holds back new
-    # batches for a minute. A resync now redoes whatever they were for.
+    # batches for a minute. A resync now redoes whatever they were for, and the dispatch
+    # mark is cleared (orchestrator.tasks.clear_dispatch_mark).
     try:
         app.send_task("orchestrator.resync")
+        from orchestrator.tasks import clear_dispatch_mark
+
+        clear_dispatch_mark()
     except Exception as exc:  # the broker is down: the periodic resync will run once it is back
         logging.getLogger(__name__).warning("no resync at worker start: %s", exc)
 

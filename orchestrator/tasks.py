@@ -139,19 +139,66 @@ def _release(marks, token: str) -> bool:
     return bool(marks.eval(_RELEASE, 1, _BATCH_QUEUED, token))
 
 
+# Nodes handed over by the scheduler's batches, waiting for their desired sets: a Redis set,
+# so a node handed over again meanwhile gets one frame. One dispatch task at a time takes
+# them (the mark says one is queued or running): the node monitor, on the same worker's two
+# slots, never waits behind a pile of them. The mark is renewed as the task goes and expires
+# soon after a task is lost (a worker killed); a worker that starts clears it.
+_DISPATCH_PENDING = "berth:dispatch-pending"
+_DISPATCH_QUEUED = "berth:dispatch-queued"
+DISPATCH_MARK_SECONDS = 15
+DISPATCH_TAKE = 5000  # nodes per desired_sets() call
+
+
 @shared_task(name="orchestrator.dispatch_nodes", ignore_result=True, **_RETRYING)
-def dispatch_desired_sets(node_ids: list[int]) -> None:
-    """Send these nodes their desired sets. The scheduler's batches hand them to the worker
-    (the `celery` queue), so placing never waits for delivery: reading thousands of nodes'
-    sets and publishing them was an eighth of the scheduler's time while deployments
-    waited behind it (benchmarks/scheduler_throughput.py). A set is read when this runs,
-    so it is the newest; the node's generation orders sets sent from several processes.
-    A task lost on the way (a worker killed) is found by the resync (nodes_to_resend)."""
-    dispatch_nodes(node_ids)
+def dispatch_desired_sets() -> None:
+    """Send the nodes handed over (_hand_to_worker) their desired sets. The scheduler's
+    batches hand them to the worker (the `celery` queue), so placing never waits for
+    delivery: reading thousands of nodes' sets and publishing them was an eighth of the
+    scheduler's time while deployments waited behind it (benchmarks/scheduler_throughput.py).
+    A set is read when this runs, so it is the newest; the node's generation orders sets
+    sent from several processes. Nodes whose dispatch failed wait again (the retry takes
+    them); any lost otherwise are found by the resync (nodes_to_resend)."""
+    marks = _queued_marks()
+    while taken := marks.spop(_DISPATCH_PENDING, DISPATCH_TAKE):
+        marks.expire(_DISPATCH_QUEUED, DISPATCH_MARK_SECONDS)  # still going
+        node_ids = sorted(int(pk) for pk in taken)
+        try:
+            dispatch_nodes(node_ids)
+        except BaseException:
+            with contextlib.suppress(*REDIS_ERRORS):
+                marks.sadd(_DISPATCH_PENDING, *node_ids)
+            raise  # an outage: the retry goes on (the mark holds others back meanwhile)
+    marks.delete(_DISPATCH_QUEUED)
+    # Handed over between the last take and the mark's deletion: they found the mark set.
+    if marks.exists(_DISPATCH_PENDING):
+        _queue_dispatch(marks)
+
+
+def _queue_dispatch(marks) -> None:
+    if marks.set(_DISPATCH_QUEUED, 1, nx=True, ex=DISPATCH_MARK_SECONDS):
+        try:
+            dispatch_desired_sets.delay()
+        except REDIS_ERRORS:
+            with contextlib.suppress(*REDIS_ERRORS):
+                marks.delete(_DISPATCH_QUEUED)  # no task went out: hold nothing back
+            raise
 
 
 def _hand_to_worker(node_ids: list[int]) -> None:
-    dispatch_desired_sets.delay(node_ids)
+    """Have the worker send these nodes their desired sets (dispatch_desired_sets)."""
+    marks = _queued_marks()
+    marks.sadd(_DISPATCH_PENDING, *node_ids)
+    _queue_dispatch(marks)
+
+
+def clear_dispatch_mark() -> None:
+    """A worker starts: a dispatch task lost with a killed one must not hold the others back
+    until its mark expires. Queues one if nodes wait."""
+    marks = _queued_marks()
+    marks.delete(_DISPATCH_QUEUED)
+    if marks.exists(_DISPATCH_PENDING):
+        _queue_dispatch(marks)
 
 
 @shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)

@@ -100,13 +100,14 @@ class Effects:
     send: Callable[[list[int]], None] | None = None
 
     def flush(self) -> None:
+        """Send what gathered; what could not be sent (an outage) stays for the next flush."""
         nodes, deployments = sorted(self.nodes), sorted(self.deployments)
-        self.nodes.clear()
-        self.deployments.clear()
         if nodes:
             (self.send or dispatch_nodes)(nodes)
+            self.nodes.clear()
         if deployments:
             notify_deployments(deployments)
+            self.deployments.clear()
 
 
 def reconcile_deployment(pk: int, effects: Effects | None = None) -> float | None:

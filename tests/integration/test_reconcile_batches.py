@@ -1,6 +1,8 @@
 """Requested reconciles fold into batches: one task places many deployments against one
 snapshot scan and sends each node one desired set (orchestrator.tasks.reconcile_pending)."""
 
+from unittest import mock
+
 import kombu.exceptions
 import pytest
 from django.db import OperationalError
@@ -24,16 +26,28 @@ def queued(monkeypatch):
 
 
 @pytest.fixture
-def dispatched(monkeypatch):
-    """The node lists each desired-set dispatch a batch handed to the worker was for (sent
-    here, at once, as the worker would)."""
+def dispatch_queue(monkeypatch):
+    """Dispatch tasks queued (run by the test itself, not by a worker); no nodes waiting."""
+    marks = tasks._queued_marks()
+    marks.delete(tasks._DISPATCH_PENDING, tasks._DISPATCH_QUEUED)
+    calls: list[tuple] = []
+    monkeypatch.setattr(tasks.dispatch_desired_sets, "delay", lambda *args: calls.append(args))
+    yield calls
+    marks.delete(tasks._DISPATCH_PENDING, tasks._DISPATCH_QUEUED)
+
+
+@pytest.fixture
+def dispatched(monkeypatch, dispatch_queue):
+    """The node lists each desired-set dispatch a batch handed to the worker was for; the
+    worker's task is run here once the batch is done."""
     sent: list[list[int]] = []
+    real = tasks.dispatch_nodes
 
-    def worker(node_ids):
+    def spy(node_ids, **kwargs):
         sent.append(sorted(node_ids))
-        tasks.dispatch_desired_sets(node_ids)
+        real(node_ids, **kwargs)
 
-    monkeypatch.setattr(tasks.dispatch_desired_sets, "delay", worker)
+    monkeypatch.setattr(tasks, "dispatch_nodes", spy)
     return sent
 
 
@@ -52,6 +66,8 @@ def test_requests_fold_into_one_batch_that_sends_each_node_one_frame(ready_nodes
     placed = Replica.objects.filter(node__isnull=False)
     assert placed.count() == 6
     assert {r.deployment_id for r in placed} == {d.pk for d in deployments}
+    assert dispatched == []  # the scheduler only hands the nodes over
+    tasks.dispatch_desired_sets()  # the worker
     assert dispatched == [sorted([h1.pk, h2.pk])]  # once, for the whole batch
     assert not tasks._queued_marks().scard(tasks._PENDING)
 
@@ -513,3 +529,59 @@ def test_a_pass_never_loads_a_replica_field_one_row_at_a_time(ready_nodes):
         controller.reconcile_deployment(web.pk)
     assert Replica.objects.filter(phase=Replica.Phase.TERMINATING).count() == 4
     assert not [q["sql"] for q in captured if one_row.search(q["sql"])]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hand_overs_while_a_dispatch_is_queued_join_it(ready_nodes, dispatch_queue, dispatched):
+    h1, h2, h3 = ready_nodes("h1", "h2", "h3")
+    tasks._hand_to_worker([h1.pk, h2.pk])
+    tasks._hand_to_worker([h2.pk, h3.pk])
+    assert dispatch_queue == [()]  # one task for both
+    tasks.dispatch_desired_sets()
+    assert dispatched == [sorted([h1.pk, h2.pk, h3.pk])]  # each node one frame
+    assert not tasks._queued_marks().exists(tasks._DISPATCH_QUEUED)
+    tasks._hand_to_worker([h1.pk])
+    assert dispatch_queue == [(), ()]  # the mark went with the task: the next hand-over queues one
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nodes_whose_dispatch_failed_wait_for_the_retry(ready_nodes, dispatch_queue, monkeypatch):
+    h1, h2 = ready_nodes("h1", "h2")
+    tasks._hand_to_worker([h1.pk, h2.pk])
+    monkeypatch.setattr(tasks, "dispatch_nodes", mock.Mock(side_effect=OperationalError("gone")))
+    with pytest.raises(OperationalError):
+        tasks.dispatch_desired_sets()
+    marks = tasks._queued_marks()
+    assert {int(pk) for pk in marks.smembers(tasks._DISPATCH_PENDING)} == {h1.pk, h2.pk}
+    assert marks.exists(tasks._DISPATCH_QUEUED)  # the retry is this task: no second one
+    tasks._hand_to_worker([h1.pk])
+    assert dispatch_queue == [()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_starting_worker_clears_a_lost_dispatch_s_mark(ready_nodes, dispatch_queue):
+    (h1,) = ready_nodes("h1")
+    marks = tasks._queued_marks()
+    marks.set(tasks._DISPATCH_QUEUED, 1, ex=tasks.DISPATCH_MARK_SECONDS)  # its task was lost
+    tasks._hand_to_worker([h1.pk])
+    assert dispatch_queue == []  # held back by the mark
+    tasks.clear_dispatch_mark()
+    assert dispatch_queue == [()]
+
+
+def test_what_a_flush_could_not_send_stays_for_the_next():
+    sent = []
+
+    def send(node_ids):
+        if not sent:
+            sent.append(None)
+            raise kombu.exceptions.OperationalError("broker down")
+        sent.append(node_ids)
+
+    effects = controller.Effects(send=send)
+    effects.nodes.update({2, 1})
+    with pytest.raises(kombu.exceptions.OperationalError):
+        effects.flush()
+    effects.flush()
+    assert sent == [None, [1, 2]]
+    assert not effects.nodes
