@@ -169,10 +169,9 @@ def dispatch_desired_sets() -> None:
             with contextlib.suppress(*REDIS_ERRORS):
                 marks.sadd(_DISPATCH_PENDING, *node_ids)
             raise  # an outage: the retry goes on (the mark holds others back meanwhile)
-    marks.delete(_DISPATCH_QUEUED)
-    # Handed over between the last take and the mark's deletion: they found the mark set.
-    if marks.exists(_DISPATCH_PENDING):
-        _queue_dispatch(marks)
+    # Nodes handed over between the last take and the mark's deletion found the mark set:
+    # releasing it queues a task for them.
+    _release_dispatch_mark(marks)
 
 
 def _queue_dispatch(marks) -> None:
@@ -192,13 +191,17 @@ def _hand_to_worker(node_ids: list[int]) -> None:
     _queue_dispatch(marks)
 
 
-def clear_dispatch_mark() -> None:
-    """A worker starts: a dispatch task lost with a killed one must not hold the others back
-    until its mark expires. Queues one if nodes wait."""
-    marks = _queued_marks()
+def _release_dispatch_mark(marks) -> None:
+    """Delete the dispatch mark; queue a dispatch task if nodes wait."""
     marks.delete(_DISPATCH_QUEUED)
     if marks.exists(_DISPATCH_PENDING):
         _queue_dispatch(marks)
+
+
+def clear_dispatch_mark() -> None:
+    """A worker starts: a dispatch task lost with a killed one must not hold the others back
+    until its mark expires. Queues one if nodes wait."""
+    _release_dispatch_mark(_queued_marks())
 
 
 @shared_task(name="orchestrator.reconcile_pending", ignore_result=True, **_RETRYING)
