@@ -22,7 +22,11 @@ POSTs of a round took 8.8 to 9.3 s instead of 8.5 to 13 s.
 
 A streamed response whose content is an async iterator (the log streams) is iterated on
 the loop as Django does it, while listening for the client hanging up (which ends the
-iteration: the agents' log streams are closed), and closed afterwards.
+iteration: the agents' log streams are closed), and closed afterwards. Its database
+connection goes back to the pool as the view returns, not when the stream ends (as in
+Django's handler): a followed log stream lasts as long as somebody reads it, and ten of
+them held a web process's whole pool, every other request then waiting for a connection
+until it failed.
 
 The thread is the request's own (Django's thread-sensitive context, one per request): requests
 run side by side, and one waiting on a row lock does not hold up the others
@@ -39,6 +43,7 @@ from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import FileResponse
 from django.urls import set_script_prefix
 
@@ -72,7 +77,9 @@ class OneTripASGIHandler(ASGIHandler):
             response._handler_class = self.__class__
             if isinstance(response, FileResponse):
                 response.block_size = self.chunk_size  # the server chunks it
-        if not response.streaming:
+        if response.streaming:
+            close_old_connections()  # what request_finished does; the stream needs no database
+        else:
             response.close()
         return response
 

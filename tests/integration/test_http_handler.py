@@ -13,6 +13,7 @@ from asgiref.testing import ApplicationCommunicator
 from channels.testing import HttpCommunicator
 from django.conf import settings
 from django.core import signals
+from django.db import connections
 from django.http import StreamingHttpResponse
 
 from config.asgi import application
@@ -224,3 +225,40 @@ def test_a_streamed_response_stops_when_the_client_hangs_up():
     assert all(c["body"] == b"a line\n" for c in chunks)
     assert ended == [True]
     assert closed == [True]
+
+
+def test_a_streamed_response_gives_its_database_connection_back_before_streaming():
+    # A followed log stream lasts as long as somebody reads it: holding the connection its
+    # view used until then, ten followers took a web process's whole pool.
+    handler = OneTripASGIHandler()
+    used, during = [], []
+
+    async def lines():
+        during.append(used[0].connection)  # None once the connection went back
+        yield b"a line\n"
+
+    def get_response(request):
+        assert Deployment.objects.count() == 0  # the view reads the database
+        used.append(connections["default"])
+        return StreamingHttpResponse(lines(), content_type="text/plain")
+
+    handler.get_response = get_response
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/v1/namespaces/default/replicas/x/logs/", "raw_path": b"",
+        "query_string": b"follow=true", "root_path": "", "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+
+    async def scenario():
+        client = ApplicationCommunicator(handler, scope)
+        await client.send_input({"type": "http.request", "body": b""})
+        start = await client.receive_output(10)
+        body = await client.receive_output(10)
+        await client.wait(10)
+        return start, body
+
+    start, body = async_to_sync(scenario)()
+    assert start["status"] == 200 and body["body"] == b"a line\n"
+    assert len(used) == 1 and used[0].connection is None
+    assert during == [None]
