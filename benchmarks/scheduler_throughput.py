@@ -517,6 +517,12 @@ class StatementStats:
     WHERE relname IN ('orchestrator_replica', 'nodes_node', 'orchestrator_deployment')
     """
 
+    SIZES = """
+    SELECT relname, pg_relation_size(relid) / 1024, n_live_tup, n_dead_tup, autovacuum_count
+    FROM pg_stat_user_tables
+    WHERE relname IN ('orchestrator_replica', 'nodes_node', 'orchestrator_deployment')
+    """
+
     def start(self) -> None:
         self.db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.db.execute("SELECT pg_stat_statements_reset()")
@@ -536,6 +542,10 @@ class StatementStats:
             }
             for name, upd, hot in self.db.execute(self.TABLES)
         }
+        # How big each table is at the end against its live rows (dead versions a scan still
+        # visits until vacuum or pruning frees them), and how often autovacuum ran on it.
+        for name, kib, live, dead, vacuums in self.db.execute(self.SIZES):
+            updates.setdefault(name, {}).update(kib=kib, live_rows=live, dead_rows=dead, autovacuums=vacuums)
         return {
             "statements": int(calls or 0),
             "exec_s": round((total_ms or 0) / 1000, 2),

@@ -104,8 +104,9 @@ def monitor_nodes(now: datetime | None = None) -> list[str]:
                 cursor.execute(
                     "UPDATE nodes_node AS n SET last_heartbeat = v.beat "
                     "FROM unnest(%s::bigint[], %s::timestamptz[]) AS v(id, beat) WHERE n.id = v.id "
+                    "AND n.id = ANY(%s) "  # by the primary key, not a scan of every node
                     "AND n.id IN (SELECT id FROM nodes_node WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)",
-                    [ids, [beat for _, beat in refresh], ids],
+                    [ids, [beat for _, beat in refresh], ids, ids],
                 )
         candidates = list(
             Node.objects.select_for_update().filter(pk__in=silent, status=Node.Status.READY).order_by("pk")
