@@ -6,9 +6,13 @@ import os
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
+from config import celery_db
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("berth")
+# Celery's Django fix-up, but tasks give their database connection back to the pool
+# instead of closing the pool (config/celery_db.py).
+app = Celery("berth", fixups=[celery_db.fixup])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["orchestrator", "nodes"])
 

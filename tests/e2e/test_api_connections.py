@@ -1,6 +1,7 @@
 """The control plane's database connections: API requests borrow from each process's pool
 (BERTH_DB_POOL_SIZE) instead of opening a PostgreSQL session each, as they did under ASGI,
-where every request runs in a thread of its own."""
+where every request runs in a thread of its own; Celery tasks too, where Celery's Django
+fix-up closed the pool around every task (config/celery_db.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import psycopg
 from tests.harness.waiting import wait_for
 
 REQUESTS = 40
+PASSES = 8
 
 
 def _sessions(conn) -> int:
@@ -19,21 +21,55 @@ def _sessions(conn) -> int:
     ).fetchone()[0]
 
 
-def test_api_requests_reuse_pooled_connections(api, control_plane):
-    url = control_plane.env["DATABASE_URL"]
-    for _ in range(3):  # the pools fill up to what the web processes use at once
-        assert api.get("/api/v1/nodes/").status_code == 200
+def _opened_while(url: str, work) -> int:
+    """How many database sessions the control plane opened while `work()` ran."""
     with psycopg.connect(url, autocommit=True) as watcher:
         watcher.execute("SELECT pg_stat_force_next_flush()")  # its own session counted now
         watcher.execute("SELECT 1")
         before = _sessions(watcher)
-        for _ in range(REQUESTS):
-            assert api.get("/api/v1/nodes/").status_code == 200
+        work()
         # A session that ends flushes its statistics: once this marker's is counted, so are
         # those of sessions that ended before it began (a request's, without a pool).
         psycopg.connect(url).close()
         after = wait_for(
             lambda: (n := _sessions(watcher)) > before and n, describe="the marker session counted"
         )
-    opened = after - before - 1
+    return after - before - 1
+
+
+def test_api_requests_reuse_pooled_connections(api, control_plane):
+    for _ in range(3):  # the pools fill up to what the web processes use at once
+        assert api.get("/api/v1/nodes/").status_code == 200
+
+    def requests():
+        for _ in range(REQUESTS):
+            assert api.get("/api/v1/nodes/").status_code == 200
+
+    opened = _opened_while(control_plane.env["DATABASE_URL"], requests)
     assert opened <= 5, f"{REQUESTS} API requests opened {opened} database sessions"
+
+
+def test_celery_tasks_reuse_pooled_connections(api, control_plane):
+    # Each scale is a batch task in the scheduler; the worker runs the node monitor every
+    # few seconds meanwhile. Celery's own fix-up opened a session per task (or two).
+    url = "/api/v1/namespaces/default/deployments/"
+    body = {"name": "pooled", "image": "busybox:1", "replicas": 0}
+    assert api.post(url, json=body).status_code == 201, "creating the deployment"
+
+    def passed(generation: int) -> bool:
+        status = api.get(f"{url}pooled/").json()["status"]
+        return status["observed_generation"] >= generation
+
+    def scales():
+        for replicas in range(1, PASSES + 1):
+            response = api.patch(f"{url}pooled/", json={"replicas": replicas})
+            assert response.status_code == 200, response.text
+            generation = response.json()["generation"]
+            wait_for(lambda: passed(generation), describe=f"the pass at {replicas}")  # noqa: B023
+
+    try:
+        wait_for(lambda: passed(1), describe="the first pass")  # the processes' pools are open
+        opened = _opened_while(control_plane.env["DATABASE_URL"], scales)
+    finally:
+        api.delete(f"{url}pooled/")
+    assert opened <= 3, f"{PASSES} scheduler passes (and the node monitor meanwhile) opened {opened} sessions"

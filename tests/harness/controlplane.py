@@ -134,9 +134,11 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self._argv[name] = argv
+        # Each process's PostgreSQL sessions carry its name (pg_stat_activity.application_name).
+        env = {**self.env, "PGAPPNAME": f"berth-{name}"}
         with open(self.log_path(name), "ab") as log:
             self.procs[name] = subprocess.Popen(
-                argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=die_with_parent(),
             )  # fmt: skip
