@@ -326,6 +326,59 @@ def test_a_batch_of_new_work_is_not_topped_up_with_passes_agents_asked_for(ready
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_batch_of_background_passes_makes_way_for_new_work(ready_nodes, queued, monkeypatch):
+    # Status passes cost milliseconds each: a batch of 200 held new deployments back for a second.
+    ready_nodes("h1")
+    monkeypatch.setattr(tasks, "BACKGROUND_YIELD_SECONDS", 0.0)  # checks before every pass
+    observed = [create(f"seen{i}", 0) for i in range(4)]
+    tasks._queued_marks().delete(tasks._PENDING)
+    tasks.request_reconciles([d.pk for d in observed], background=True)
+    passes = record_passes(monkeypatch)
+    real = tasks._reconcile_deployment
+    new = []
+
+    def first_brings_new_work(pk, effects):
+        if not new:
+            new.append(create("new", 1))  # asks for a pass while the batch runs
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", first_brings_new_work)
+    tasks.reconcile_pending()
+    assert len(passes) == 1  # then it handed the rest back
+    rest = {int(pk) for pk in tasks._queued_marks().smembers(tasks._BACKGROUND)}
+    assert rest == {d.pk for d in observed} - set(passes)
+    assert len(queued) >= 1  # the next batch is queued, and it takes the new work first
+    tasks.reconcile_pending()
+    assert passes[1:] == [new[0].pk]
+    assert Replica.objects.filter(deployment=new[0], node__isnull=False).count() == 1
+    tasks.reconcile_pending()
+    assert sorted(passes[2:]) == sorted(rest)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_background_passes_make_way_only_once_their_batch_has_run_a_while(ready_nodes, queued, monkeypatch):
+    ready_nodes("h1")
+    monkeypatch.setattr(tasks, "BACKGROUND_YIELD_SECONDS", 3600.0)  # not due within this batch
+    observed = [create(f"seen{i}", 0) for i in range(3)]
+    tasks._queued_marks().delete(tasks._PENDING)
+    tasks.request_reconciles([d.pk for d in observed], background=True)
+    passes = record_passes(monkeypatch)
+    real = tasks._reconcile_deployment
+    new = []
+
+    def first_brings_new_work(pk, effects):
+        if not new:
+            new.append(create("new", 1))
+        return real(pk, effects)
+
+    monkeypatch.setattr(tasks, "_reconcile_deployment", first_brings_new_work)
+    tasks.reconcile_pending()
+    assert sorted(passes) == sorted(d.pk for d in observed)
+    tasks.reconcile_pending()
+    assert passes[3:] == [new[0].pk]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_replicas_that_lost_every_race_go_again_at_once(ready_nodes, monkeypatch):
     """Other schedulers won every node this pass picked (injected): the replicas wait with
     that reason, and the pass asks to run again at once rather than at the next resync."""
