@@ -25,8 +25,8 @@ the loop as Django does it, while listening for the client hanging up (which end
 iteration: the agents' log streams are closed), and closed afterwards. Its database
 connection goes back to the pool as the view returns, not when the stream ends (as in
 Django's handler): a followed log stream lasts as long as somebody reads it, and ten of
-them held a web process's whole pool, every other request then waiting for a connection
-until it failed.
+them would hold a web process's whole pool (BERTH_DB_POOL_SIZE, 10), every other request
+then waiting for a connection until it failed.
 
 The thread is the request's own (Django's thread-sensitive context, one per request): requests
 run side by side, and one waiting on a row lock does not hold up the others
