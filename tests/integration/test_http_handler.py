@@ -184,6 +184,19 @@ def test_each_request_starts_and_finishes_once(token):
     assert trips <= MAX_TRIPS
 
 
+async def _follow_logs(handler) -> tuple[ApplicationCommunicator, dict]:
+    """A GET of a followed log stream sent to `handler`; the client and the response's start."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/api/v1/namespaces/default/replicas/x/logs/", "raw_path": b"",
+        "query_string": b"follow=true", "root_path": "", "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+    client = ApplicationCommunicator(handler, scope)
+    await client.send_input({"type": "http.request", "body": b""})
+    return client, await client.receive_output(10)
+
+
 def test_a_streamed_response_stops_when_the_client_hangs_up():
     # The log streams: content from an async generator, sent on the loop; a client that
     # hangs up ends the generator (its agents' streams are closed) and the response is closed.
@@ -204,17 +217,9 @@ def test_a_streamed_response_stops_when_the_client_hangs_up():
         return response
 
     handler.get_response = get_response
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": "/api/v1/namespaces/default/replicas/x/logs/", "raw_path": b"",
-        "query_string": b"follow=true", "root_path": "", "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
-    }  # fmt: skip
 
     async def scenario():
-        client = ApplicationCommunicator(handler, scope)
-        await client.send_input({"type": "http.request", "body": b""})
-        start = await client.receive_output(10)
+        client, start = await _follow_logs(handler)
         chunks = [await client.receive_output(10) for _ in range(3)]
         await client.send_input({"type": "http.disconnect"})
         await client.wait(10)  # the handler returns: the stream ended
@@ -229,7 +234,7 @@ def test_a_streamed_response_stops_when_the_client_hangs_up():
 
 def test_a_streamed_response_gives_its_database_connection_back_before_streaming():
     # A followed log stream lasts as long as somebody reads it: holding the connection its
-    # view used until then, ten followers took a web process's whole pool.
+    # view used until then, ten followers would hold a web process's whole pool.
     handler = OneTripASGIHandler()
     used, during = [], []
 
@@ -243,17 +248,9 @@ def test_a_streamed_response_gives_its_database_connection_back_before_streaming
         return StreamingHttpResponse(lines(), content_type="text/plain")
 
     handler.get_response = get_response
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": "/api/v1/namespaces/default/replicas/x/logs/", "raw_path": b"",
-        "query_string": b"follow=true", "root_path": "", "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
-    }  # fmt: skip
 
     async def scenario():
-        client = ApplicationCommunicator(handler, scope)
-        await client.send_input({"type": "http.request", "body": b""})
-        start = await client.receive_output(10)
+        client, start = await _follow_logs(handler)
         body = await client.receive_output(10)
         await client.wait(10)
         return start, body

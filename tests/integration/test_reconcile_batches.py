@@ -325,28 +325,36 @@ def test_a_batch_of_new_work_is_not_topped_up_with_passes_agents_asked_for(ready
     assert sorted(passes[1:]) == sorted(d.pk for d in observed)  # then all of them at once
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_of_background_passes_makes_way_for_new_work(ready_nodes, queued, monkeypatch):
-    # Status passes cost milliseconds each: a batch of 200 held new deployments back for a second.
-    ready_nodes("h1")
-    monkeypatch.setattr(tasks, "BACKGROUND_YIELD_SECONDS", 0.0)  # checks before every pass
-    observed = [create(f"seen{i}", 0) for i in range(4)]
+def background_batch_meeting_new_work(monkeypatch, count: int, yield_seconds: float):
+    """`count` deployments waiting for background passes, and a new deployment created
+    (asking for a pass) during the first of them. Returns (their ids, the new one's
+    holder, the passes made)."""
+    monkeypatch.setattr(tasks, "BACKGROUND_YIELD_SECONDS", yield_seconds)
+    observed = [create(f"seen{i}", 0).pk for i in range(count)]
     tasks._queued_marks().delete(tasks._PENDING)
-    tasks.request_reconciles([d.pk for d in observed], background=True)
+    tasks.request_reconciles(observed, background=True)
     passes = record_passes(monkeypatch)
     real = tasks._reconcile_deployment
     new = []
 
     def first_brings_new_work(pk, effects):
         if not new:
-            new.append(create("new", 1))  # asks for a pass while the batch runs
+            new.append(create("new", 1))
         return real(pk, effects)
 
     monkeypatch.setattr(tasks, "_reconcile_deployment", first_brings_new_work)
+    return observed, new, passes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_background_passes_makes_way_for_new_work(ready_nodes, queued, monkeypatch):
+    # Status passes cost milliseconds each: a batch of 200 held new deployments back for a second.
+    ready_nodes("h1")
+    observed, new, passes = background_batch_meeting_new_work(monkeypatch, 4, 0.0)  # checks at each
     tasks.reconcile_pending()
     assert len(passes) == 1  # then it handed the rest back
     rest = {int(pk) for pk in tasks._queued_marks().smembers(tasks._BACKGROUND)}
-    assert rest == {d.pk for d in observed} - set(passes)
+    assert rest == set(observed) - set(passes)
     assert len(queued) >= 1  # the next batch is queued, and it takes the new work first
     tasks.reconcile_pending()
     assert passes[1:] == [new[0].pk]
@@ -358,22 +366,9 @@ def test_a_batch_of_background_passes_makes_way_for_new_work(ready_nodes, queued
 @pytest.mark.django_db(transaction=True)
 def test_background_passes_make_way_only_once_their_batch_has_run_a_while(ready_nodes, queued, monkeypatch):
     ready_nodes("h1")
-    monkeypatch.setattr(tasks, "BACKGROUND_YIELD_SECONDS", 3600.0)  # not due within this batch
-    observed = [create(f"seen{i}", 0) for i in range(3)]
-    tasks._queued_marks().delete(tasks._PENDING)
-    tasks.request_reconciles([d.pk for d in observed], background=True)
-    passes = record_passes(monkeypatch)
-    real = tasks._reconcile_deployment
-    new = []
-
-    def first_brings_new_work(pk, effects):
-        if not new:
-            new.append(create("new", 1))
-        return real(pk, effects)
-
-    monkeypatch.setattr(tasks, "_reconcile_deployment", first_brings_new_work)
+    observed, new, passes = background_batch_meeting_new_work(monkeypatch, 3, 3600.0)  # never due
     tasks.reconcile_pending()
-    assert sorted(passes) == sorted(d.pk for d in observed)
+    assert sorted(passes) == sorted(observed)
     tasks.reconcile_pending()
     assert passes[3:] == [new[0].pk]
 
