@@ -459,7 +459,7 @@ def _place(
         placed_on |= won
         raced = len(won) < len(by_id)
         if raced:
-            rescan_nodes()  # others are placing too: read every node's version again
+            rescan_nodes()  # others are placing too: read the versions that moved again
         reason = result.reason or reason
         assigned, node_ids = waiting[: len(node_ids)], node_ids
         for replica, node_id in zip(assigned, node_ids, strict=False):

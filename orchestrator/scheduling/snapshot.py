@@ -75,15 +75,30 @@ def _load(node_ids: list[int] | None) -> dict[int, NodeInfo]:
     return nodes
 
 
-_VERSIONS = f"SELECT id, resource_version FROM {Node._meta.db_table}"  # noqa: S608
+# Nodes' versions, and a summary row (no id): how many nodes there are, and the oldest
+# transaction still running when the statement's snapshot was taken. Every change to a
+# node's version is by a transaction no older than that, or was visible to this statement:
+# the next read asks only for nodes changed by those (`changed_xid`, set by triggers on
+# every insert and every move of resource_version: nodes/migrations/0004). One statement,
+# so the rows and the summary come from one snapshot.
+_TABLE = Node._meta.db_table
+_SUMMARY = f"SELECT NULL, count(*), pg_snapshot_xmin(pg_current_snapshot()) FROM {_TABLE}"  # noqa: S608
+_VERSIONS = f"SELECT id, resource_version, NULL::xid8 FROM {_TABLE} UNION ALL {_SUMMARY}"  # noqa: S608
+_CHANGED = (
+    f"SELECT id, resource_version, NULL::xid8 FROM {_TABLE} WHERE changed_xid >= %s::xid8 "  # noqa: S608
+    f"UNION ALL {_SUMMARY}"
+)
 
 
 class SnapshotCache:
     """The snapshot, kept between passes in one worker process and brought up to date by
     resource_version: every change to what placement reads about a node (its labels,
     taints, status, room, a placement onto it, a replica leaving it) bumps the version,
-    so only nodes whose version moved are read again. A scan reads every node's version
-    (one narrow query) instead of every node and every replica.
+    so only nodes whose version moved are read again. A scan reads the versions of the
+    nodes changed since the previous scan (by transactions that had not finished when it
+    read: see _CHANGED), not every node and every replica; the first one reads every
+    node's version. A node deleted, or the database's transaction ids going back (another
+    cluster), makes it read every version again.
 
     Placements this process commits are adopted as they are (`adopt`), so they cost no
     re-read. Within `held()` (one batch of passes), only the first pass scans; the later
@@ -98,6 +113,8 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._nodes: dict[int, NodeInfo] = {}
         self._forgotten: set[int] = set()
+        # The oldest transaction running at the last scan (None: read every version next).
+        self._since: str | None = None
         self._held = False
         self._scanned = False
         # Nodes whose deployment_counts may be set (by the last take, or by schedule()
@@ -108,11 +125,13 @@ class SnapshotCache:
     def take(
         self, deployment_id: int | None = None, placed: Mapping[int, int] | None = None
     ) -> list[NodeInfo]:
-        if self._held and self._scanned:
-            if self._forgotten:
-                self._nodes.update(_load(sorted(self._forgotten)))
-        else:
+        if not (self._held and self._scanned):
             self._scan()
+        # Forgotten nodes no scan found changed (a pass placed onto them in memory, then
+        # did not commit): as they are in the database.
+        missing = sorted(pk for pk in self._forgotten if pk not in self._nodes)
+        if missing:
+            self._nodes.update(_load(missing))
         self._forgotten.clear()
         self._scanned = True
         for pk in self._counted:
@@ -123,18 +142,30 @@ class SnapshotCache:
         return list(self._nodes.values())
 
     def _scan(self) -> None:
-        # Unsorted, and as plain rows: thousands of them at every batch's start, where the
-        # ORM's per-row work cost more than the query.
+        # Unsorted, and as plain rows: at a full scan thousands of them, where the ORM's
+        # per-row work cost more than the query.
+        full = self._since is None
         with connection.cursor() as cursor:
-            cursor.execute(_VERSIONS)
-            versions = dict(cursor.fetchall())
-        for pk in set(self._nodes) - set(versions):
-            del self._nodes[pk]
+            cursor.execute(*((_VERSIONS,) if full else (_CHANGED, [self._since])))
+            rows = cursor.fetchall()
+        versions = {pk: version for pk, version, _ in rows if pk is not None}
+        count, since = next((version, xmin) for pk, version, xmin in rows if pk is None)
+        if not full and int(since) < int(self._since):
+            self._since = None  # transaction ids went back: another database
+            return self._scan()
+        if full:
+            for pk in set(self._nodes) - set(versions):
+                del self._nodes[pk]
         stale = [pk for pk, version in versions.items() if self._version(pk) != version]
-        if len(stale) > self.FULL_RELOAD_SHARE * max(len(versions), 1):
+        if len(stale) > self.FULL_RELOAD_SHARE * max(count, 1):
             self._nodes = _load(None)
         elif stale:
             self._nodes.update(_load(stale))
+        self._since = str(since)  # psycopg reads xid8 as text; text is what the cast takes
+        known = len(self._nodes) + sum(1 for pk in self._forgotten if pk not in self._nodes)
+        if not full and known != count:  # a node deleted (or added and deleted) meanwhile
+            self._since = None
+            self._scan()
 
     def _version(self, pk: int) -> int | None:
         node = self._nodes.get(pk)
@@ -146,6 +177,7 @@ class SnapshotCache:
         if node_ids is None:
             self._nodes.clear()
             self._scanned = False
+            self._since = None
         for pk in node_ids or ():
             if self._nodes.pop(pk, None) is not None:
                 self._forgotten.add(pk)
@@ -161,7 +193,8 @@ class SnapshotCache:
                 self._counted.add(node.id)  # schedule() counted its picks into it
 
     def rescan(self) -> None:
-        """Scan every node's version at the next take, even within a batch."""
+        """Scan the versions at the next take (those changed since the last scan), even
+        within a batch."""
         self._scanned = False
 
     @contextmanager
@@ -232,5 +265,6 @@ def adopt_nodes(nodes: list[NodeInfo]) -> None:
 
 
 def snapshot_held():
-    """A batch of passes in this thread: the snapshot's version scan runs once, at its start."""
+    """A batch of passes in this thread: the snapshot's version scan (of the nodes changed
+    since the last) runs once, at its start."""
     return _local.cache.held()

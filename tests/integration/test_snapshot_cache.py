@@ -1,5 +1,9 @@
 """The worker's cached snapshot stays true to PostgreSQL through resource_version."""
 
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
 from django.db.models import F
 
 from nodes.models import Node
@@ -76,3 +80,90 @@ def test_counts_of_one_pass_do_not_reach_the_next(ready_nodes):
             "h2": {second.pk: 1},
         }
         assert all(not n.deployment_counts for n in cache.take(None))
+
+
+def committed_nodes(*names):
+    """Nodes created in their own transaction (the test's are committed: transaction=True)."""
+    return [
+        Node.objects.create(name=name, status=Node.Status.READY, capacity_cpu=2000, capacity_memory=2**31)
+        for name in names
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scan_reads_only_the_nodes_changed_since_the_last():
+    """Once the transactions that wrote them have ended, nodes whose version did not move
+    are not read again: a heartbeat's write is not a version's."""
+    h1, _h2, _h3 = committed_nodes("h1", "h2", "h3")
+    cache = SnapshotCache()
+    cache.take()  # the first scan reads every node's version
+    Node.objects.filter(pk=h1.pk).update(
+        user_labels={"disk": "ssd"}, resource_version=F("resource_version") + 1
+    )
+    Node.objects.filter(name="h2").update(status_message="heartbeat")  # not a version: not read
+    with connection.execute_wrapper(scans := ScanRows()):
+        nodes = {n.name: n for n in cache.take()}
+    assert scans.rows == [1]  # h1's version, beside the summary
+    assert nodes["h1"].labels == {"disk": "ssd"}
+    assert set(nodes) == {"h1", "h2", "h3"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_node_added_meanwhile_joins_the_cache():
+    committed_nodes("h1")
+    cache = SnapshotCache()
+    cache.take()
+    committed_nodes("h2")
+    assert sorted(n.name for n in cache.take()) == ["h1", "h2"]
+
+
+class ScanRows:
+    """Counts the node rows each version scan returns (its summary row left out)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def __call__(self, execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "pg_snapshot_xmin" in sql:
+            self.rows.append(sum(1 for row in context["cursor"].fetchall() if row[0] is not None))
+            context["cursor"].scroll(0, mode="absolute")
+        return result
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_committed_after_a_scan_that_could_not_see_it_is_read_by_the_next():
+    """The race an "everything newer than what I last saw" scan loses: a writer bumps a
+    node's version before the scan and commits after it. The scan cannot see the change;
+    the next one must, although the writer's transaction began before the first."""
+    h1, h2 = committed_nodes("h1", "h2")
+    cache = SnapshotCache()
+    cache.take()
+    db = settings.DATABASES["default"]
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"]
+    ) as writer:
+        writer.execute(
+            "UPDATE nodes_node SET unschedulable = true, resource_version = resource_version + 1 "
+            "WHERE id = %s",
+            [h1.pk],
+        )
+        # Another change, begun and committed later, while the first is still open.
+        Node.objects.filter(pk=h2.pk).update(
+            user_labels={"zone": "b"}, resource_version=F("resource_version") + 1
+        )
+        nodes = {n.name: n for n in cache.take()}
+        assert not nodes["h1"].unschedulable  # not committed yet: invisible
+        assert nodes["h2"].labels == {"zone": "b"}
+        writer.commit()
+    assert {n.name: n.unschedulable for n in cache.take()} == {"h1": True, "h2": False}
+
+
+def test_transaction_ids_going_back_make_a_full_scan(ready_nodes):
+    """Another database (a restore into a new cluster) starts its transaction ids again."""
+    ready_nodes("h1", "h2")
+    cache = SnapshotCache()
+    cache.take()
+    cache._since = str(2**62)  # what a scan of the old database would have left
+    Node.objects.filter(name="h2").update(unschedulable=True, resource_version=F("resource_version") + 1)
+    assert {n.name: n.unschedulable for n in cache.take()} == {"h1": False, "h2": True}
