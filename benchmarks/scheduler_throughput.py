@@ -601,6 +601,7 @@ ROUND_FIGURES = (
     "placed_after_posts_s",
     "all_running_s",
     "cpu_s",
+    "cpu_placed_s",
     "agents_per_web_process",
     "api_connections_per_web_process",
 )
@@ -666,6 +667,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
         now = time.monotonic()
         if placed_s is None and placed >= args.replicas:
             placed_s = now - started
+            cpu_placed = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
             log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
             if args.pause_fleet:
                 os.killpg(hollow.pid, signal.SIGCONT)
@@ -707,6 +709,8 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     if running < args.replicas:
         result["running"] = running
     result["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
+    if placed_s:  # the placing alone (with --pause-fleet, the fleet did nothing meanwhile)
+        result["cpu_placed_s"] = {name: round(seconds, 1) for name, seconds in cpu_placed.items()}
     result["cpu_window_s"] = round(window, 1)
     return result
 
