@@ -75,18 +75,17 @@ def _load(node_ids: list[int] | None) -> dict[int, NodeInfo]:
     return nodes
 
 
-# Nodes' versions, and a summary row (no id): how many nodes there are, and the oldest
-# transaction still running when the statement's snapshot was taken. Every change to a
-# node's version is by a transaction no older than that, or was visible to this statement:
-# the next read asks only for nodes changed by those (`changed_xid`, set by triggers on
-# every insert and every move of resource_version: nodes/migrations/0004). One statement,
-# so the rows and the summary come from one snapshot.
-_TABLE = Node._meta.db_table
-_SUMMARY = f"SELECT NULL, count(*), pg_snapshot_xmin(pg_current_snapshot()) FROM {_TABLE}"  # noqa: S608
-_VERSIONS = f"SELECT id, resource_version, NULL::xid8 FROM {_TABLE} UNION ALL {_SUMMARY}"  # noqa: S608
+# The versions of the nodes changed by transactions no older than the given one (every
+# node: "0"), how many nodes there are, and the oldest transaction still running when the
+# statement's snapshot was taken: every change to a version since is by a transaction no
+# older than that, or was visible to this statement, so the next read asks for those
+# (`changed_xid`, set by triggers on every insert and every move of resource_version:
+# nodes/migrations/0004). One statement, one snapshot, one pass over the table; the two
+# arrays are aggregated over the same rows in the same order.
 _CHANGED = (
-    f"SELECT id, resource_version, NULL::xid8 FROM {_TABLE} WHERE changed_xid >= %s::xid8 "  # noqa: S608
-    f"UNION ALL {_SUMMARY}"
+    "SELECT count(*), array_agg(id) FILTER (WHERE changed_xid >= %(since)s::xid8), "  # noqa: S608
+    "array_agg(resource_version) FILTER (WHERE changed_xid >= %(since)s::xid8), "
+    f"pg_snapshot_xmin(pg_current_snapshot()) FROM {Node._meta.db_table}"
 )
 
 
@@ -142,14 +141,13 @@ class SnapshotCache:
         return list(self._nodes.values())
 
     def _scan(self) -> None:
-        # Unsorted, and as plain rows: at a full scan thousands of them, where the ORM's
+        # Unsorted, and as two arrays: at a full scan thousands of versions, where the ORM's
         # per-row work cost more than the query.
         full = self._since is None
         with connection.cursor() as cursor:
-            cursor.execute(*((_VERSIONS,) if full else (_CHANGED, [self._since])))
-            rows = cursor.fetchall()
-        versions = {pk: version for pk, version, _ in rows if pk is not None}
-        count, since = next((version, xmin) for pk, version, xmin in rows if pk is None)
+            cursor.execute(_CHANGED, {"since": "0" if full else self._since})
+            count, ids, changed, since = cursor.fetchone()
+        versions = dict(zip(ids or (), changed or (), strict=True))
         if not full and int(since) < int(self._since):
             self._since = None  # transaction ids went back: another database
             return self._scan()
