@@ -74,6 +74,14 @@ def busy_seconds() -> float:
     return (sum(values[:8]) - idle) / TICK  # guest time is already in user
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests while this machine's cores wanted it (all
+    cores), from /proc/stat: a virtual machine's slow phases, when it reports them."""
+    with open("/proc/stat") as stat:
+        values = stat.readline().split()[1:]
+    return int(values[7]) / TICK if len(values) > 7 else 0.0
+
+
 def processes_matching(*needles: str) -> list[int]:
     """Pids whose command line contains every one of `needles` (e.g. the shims of one engine,
     which are not children of anything the benchmark started)."""

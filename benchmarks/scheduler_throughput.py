@@ -15,6 +15,9 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
 - machine_reference_per_s (and _after_per_s): the reference, a fixed pure-Python workload
   timed just before the POSTs (and after the run), for comparing runs made while the
   machine was in faster or slower phases;
+- cpu_s and cpu_placed_s: each process's CPU time in the round, and until every replica
+  was placed (with --pause-fleet: the placing alone); steal_placed_s: the time the
+  hypervisor gave other guests meanwhile (a virtual machine's slow phases, if it says);
 - api_connections_per_web_process and agents_per_web_process: how the API clients' and
   the agents' connections spread over the web processes.
 
@@ -53,7 +56,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cputime import connections_per_server, cpu_seconds, proc_status, tree_pids
+from cputime import connections_per_server, cpu_seconds, proc_status, steal_seconds, tree_pids
 
 from agent.hollow import BASE_IMAGE, IMAGE_POOL
 from devtools import commands
@@ -602,6 +605,7 @@ ROUND_FIGURES = (
     "all_running_s",
     "cpu_s",
     "cpu_placed_s",
+    "steal_placed_s",
     "agents_per_web_process",
     "api_connections_per_web_process",
 )
@@ -625,6 +629,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     measurement. Returns its figures (see the module's doc)."""
     result: dict[str, Any] = {"machine_reference_per_s": machine_reference()}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    steal_before = steal_seconds()
     if args.pause_fleet:
         os.killpg(hollow.pid, signal.SIGSTOP)
     log(f"creating {len(bodies)} deployments, {args.replicas} replicas")
@@ -668,6 +673,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
         if placed_s is None and placed >= args.replicas:
             placed_s = now - started
             cpu_placed = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
+            steal_placed = steal_seconds() - steal_before
             log(f"all {args.replicas} replicas placed in {placed_s:.1f} s")
             if args.pause_fleet:
                 os.killpg(hollow.pid, signal.SIGCONT)
@@ -711,6 +717,7 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     result["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in processes.items()}
     if placed_s:  # the placing alone (with --pause-fleet, the fleet did nothing meanwhile)
         result["cpu_placed_s"] = {name: round(seconds, 1) for name, seconds in cpu_placed.items()}
+        result["steal_placed_s"] = round(steal_placed, 2)
     result["cpu_window_s"] = round(window, 1)
     return result
 
