@@ -82,19 +82,11 @@ def test_counts_of_one_pass_do_not_reach_the_next(ready_nodes):
         assert all(not n.deployment_counts for n in cache.take(None))
 
 
-def committed_nodes(*names):
-    """Nodes created in their own transaction (the test's are committed: transaction=True)."""
-    return [
-        Node.objects.create(name=name, status=Node.Status.READY, capacity_cpu=2000, capacity_memory=2**31)
-        for name in names
-    ]
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_scan_reads_only_the_nodes_changed_since_the_last():
+@pytest.mark.django_db(transaction=True)  # each write commits
+def test_a_scan_reads_only_the_nodes_changed_since_the_last(ready_nodes):
     """Once the transactions that wrote them have ended, nodes whose version did not move
     are not read again: a heartbeat's write is not a version's."""
-    h1, _h2, _h3 = committed_nodes("h1", "h2", "h3")
+    h1, _h2, _h3 = ready_nodes("h1", "h2", "h3")
     cache = SnapshotCache()
     cache.take()  # the first scan reads every node's version
     Node.objects.filter(pk=h1.pk).update(
@@ -109,11 +101,11 @@ def test_a_scan_reads_only_the_nodes_changed_since_the_last():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_node_added_meanwhile_joins_the_cache():
-    committed_nodes("h1")
+def test_a_node_added_meanwhile_joins_the_cache(ready_nodes):
+    ready_nodes("h1")
     cache = SnapshotCache()
     cache.take()
-    committed_nodes("h2")
+    ready_nodes("h2")
     assert sorted(n.name for n in cache.take()) == ["h1", "h2"]
 
 
@@ -133,11 +125,11 @@ class ScanRows:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_change_committed_after_a_scan_that_could_not_see_it_is_read_by_the_next():
+def test_a_change_committed_after_a_scan_that_could_not_see_it_is_read_by_the_next(ready_nodes):
     """The race an "everything newer than what I last saw" scan loses: a writer bumps a
     node's version before the scan and commits after it. The scan cannot see the change;
     the next one must, although the writer's transaction began before the first."""
-    h1, h2 = committed_nodes("h1", "h2")
+    h1, h2 = ready_nodes("h1", "h2")
     cache = SnapshotCache()
     cache.take()
     db = settings.DATABASES["default"]
