@@ -14,7 +14,9 @@ replicas, a mix of the placement rules in docs/scheduling.md, and measures in Po
   scheduler did;
 - machine_reference_per_s (and _after_per_s): the reference, a fixed pure-Python workload
   timed just before the POSTs (and after the run), for comparing runs made while the
-  machine was in faster or slower phases;
+  machine was in faster or slower phases; fleet_idle_cpu_per_s: the web process's and the
+  fleet's CPU per second over 2 s just before each round, the heartbeats alone (after a
+  round's deletion, what is left of it too): another gauge of the phase;
 - cpu_s and cpu_placed_s: each process's CPU time in the round, and until every replica
   was placed (with --pause-fleet: the placing alone); steal_placed_s: the time the
   hypervisor gave other guests meanwhile (a virtual machine's slow phases, if it says);
@@ -562,6 +564,14 @@ class StatementStats:
 
 
 IDLE_SAMPLE_SECONDS = 5.0
+ROUND_IDLE_SAMPLE_SECONDS = 2.0
+
+
+def cpu_per_second(processes: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each process's CPU time per second over the next `seconds`."""
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    time.sleep(seconds)  # a measurement window, not a wait for a condition
+    return {name: round((cpu_seconds(pid) - before[name]) / seconds, 3) for name, pid in processes.items()}
 
 
 def machine_reference(rounds: int = 5, per_round: int = 2000) -> int:
@@ -597,6 +607,7 @@ def _interrupt(signum, frame):
 # Kept per round with --rounds (the first round's figures are also the top-level ones).
 ROUND_FIGURES = (
     "machine_reference_per_s",
+    "fleet_idle_cpu_per_s",
     "post_s",
     "post_latency_ms",
     "placements_per_s",
@@ -628,6 +639,11 @@ def place_round(plane, db, args, bodies, processes, hollow) -> dict[str, Any]:
     """POST the deployments and wait until every replica is placed and Running: one
     measurement. Returns its figures (see the module's doc)."""
     result: dict[str, Any] = {"machine_reference_per_s": machine_reference()}
+    # The heartbeats' cost just before the round, the same work every time: a gauge of the
+    # machine's phase that the small reference has missed (38-42k in rounds where every
+    # process took twice the CPU for the same work; the web's idle cost read 0.15-0.18, not 0.11).
+    at_rest = {name: processes[name] for name in ("web", "hollow")}
+    result["fleet_idle_cpu_per_s"] = cpu_per_second(at_rest, ROUND_IDLE_SAMPLE_SECONDS)
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     steal_before = steal_seconds()
     if args.pause_fleet:
@@ -881,12 +897,7 @@ def main() -> None:
                 profiler = None
         # The fleet at rest (heartbeats, the node monitor): what each process burns per second
         # before any deployment exists, the floor under the figures below.
-        idle_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-        time.sleep(IDLE_SAMPLE_SECONDS)  # a measurement window, not a wait for a condition
-        result["idle_cpu_per_s"] = {
-            name: round((cpu_seconds(pid) - idle_before[name]) / IDLE_SAMPLE_SECONDS, 3)
-            for name, pid in processes.items()
-        }
+        result["idle_cpu_per_s"] = cpu_per_second(processes, IDLE_SAMPLE_SECONDS)
         sampler = WaitSampler(services.database_url(DATABASE), DATABASE) if args.pg_waits else None
         if sampler:
             sampler.start()
