@@ -1,4 +1,6 @@
+import psycopg
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
@@ -63,3 +65,20 @@ def no_heartbeat_receivers():
         heartbeats.KNOCKS_KEY,
     )
     heartbeats._client().delete(*keys)
+
+
+@pytest.fixture
+def pg_connect():
+    """Opens a connection of its own to the test database (another session, as another
+    process would hold): `pg_connect(autocommit=True)`. Closed after the test."""
+    opened = []
+
+    def connect(**options):
+        db = settings.DATABASES["default"]
+        names = {"host": "HOST", "port": "PORT", "dbname": "NAME", "user": "USER", "password": "PASSWORD"}
+        opened.append(psycopg.connect(**{key: db[name] for key, name in names.items()}, **options))
+        return opened[-1]
+
+    yield connect
+    for conn in opened:
+        conn.close()

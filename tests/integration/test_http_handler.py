@@ -6,7 +6,6 @@ import asyncio
 import gc
 import json
 
-import psycopg
 import pytest
 from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
@@ -105,7 +104,7 @@ def test_the_middleware_still_guards_and_answers(user):
     assert trips <= MAX_TRIPS
 
 
-def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
+def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token, pg_connect):
     # A PATCH waits for a deployment's row lock (held here as a scheduler's pass would
     # hold it); meanwhile another request of the same process is answered. On Django's
     # single thread-sensitive thread the second one queued behind the first.
@@ -113,21 +112,13 @@ def test_a_request_waiting_on_the_database_does_not_hold_up_the_others(token):
     body = json.dumps({"name": "web", "image": "nginx:1.27", "replicas": 1}).encode()
     auth = [(b"authorization", f"Bearer {token}".encode()), (b"content-type", b"application/json")]
     assert serve("POST", "/api/v1/namespaces/default/deployments/", body, auth)[0]["status"] == 201
-    url = settings.DATABASES["default"]
-
-    def connect(**options):
-        return psycopg.connect(
-            host=url["HOST"], port=url["PORT"], dbname=url["NAME"], user=url["USER"],
-            password=url["PASSWORD"], **options,
-        )  # fmt: skip
-
-    holder = connect()
-    probe = connect(autocommit=True)  # one connection for every look at the lock's waiters
+    holder = pg_connect()
+    probe = pg_connect(autocommit=True)  # one connection for every look at the lock's waiters
 
     def lock_waiters() -> int:
         return probe.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
-            [url["NAME"]],
+            [settings.DATABASES["default"]["NAME"]],
         ).fetchone()[0]
 
     async def scenario():

@@ -1,8 +1,6 @@
 """The worker's cached snapshot stays true to PostgreSQL through resource_version."""
 
-import psycopg
 import pytest
-from django.conf import settings
 from django.db import connection
 from django.db.models import F
 
@@ -125,17 +123,14 @@ class ScanRows:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_change_committed_after_a_scan_that_could_not_see_it_is_read_by_the_next(ready_nodes):
+def test_a_change_committed_after_a_scan_that_could_not_see_it_is_read_by_the_next(ready_nodes, pg_connect):
     """The race an "everything newer than what I last saw" scan loses: a writer bumps a
     node's version before the scan and commits after it. The scan cannot see the change;
     the next one must, although the writer's transaction began before the first."""
     h1, h2 = ready_nodes("h1", "h2")
     cache = SnapshotCache()
     cache.take()
-    db = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"]
-    ) as writer:
+    with pg_connect() as writer:
         writer.execute(
             "UPDATE nodes_node SET unschedulable = true, resource_version = resource_version + 1 "
             "WHERE id = %s",
